@@ -1,0 +1,140 @@
+"""`leapdecode generate | bench | index | serve | models`.
+
+Every user error ends as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+from .drafters import DRAFTERS
+
+
+class UsageError(ValueError):
+    """A bad command line: printed as one line, exit code 2."""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="packaged name, transformers dir or .gguf file")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _add_generate(sub: Any) -> None:
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    p.add_argument("prompt", help="the prompt text ('-' reads standard input)")
+    _add_model_args(p)
+    p.add_argument("--method", default="prompt-lookup", help=f"drafter: {', '.join(DRAFTERS)}")
+    p.add_argument("--budget", type=int, default=None, help="draft tokens per step (default: the drafter's)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_models(sub: Any) -> None:
+    p = sub.add_parser("models", help="list the packaged models and whether each is installed")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .config import GenerationConfig
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), budget=args.budget,
+    )
+    if args.method not in DRAFTERS:
+        raise UsageError(f"unknown method {args.method!r}; choose one of: {', '.join(DRAFTERS)}")
+    if not prompt.strip():
+        raise UsageError("the prompt is empty; pass some text to continue")
+    engine = _load(args)
+    stream = engine.stream(prompt, config, args.method, chat=not args.raw)
+    for delta in stream:
+        if not args.json:
+            print(delta, end="", flush=True)
+    result = stream.result
+    if args.json:
+        print(json.dumps({**result.as_dict(), "model": args.model, "method": args.method}, ensure_ascii=False))
+    else:
+        print()
+        print(f"[{args.method}] {result.stats.line()}, finish: {result.finish_reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.registry import DEFAULT_MODEL, list_models
+
+    rows = list_models()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        mark = "installed" if r["installed"] else "missing  "
+        default = " (default)" if r["name"] == DEFAULT_MODEL else ""
+        print(f"{r['name']:<{width}}  {mark}  {r['description']}{default}")
+        if not r["installed"]:
+            print(f"{'':<{width}}  install: {r['install']}")
+    print("Any local transformers model directory or .gguf file also works as --model.")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import torch
+
+    from . import load
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return load(args.model, args.dtype)
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_generate, _add_models]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leapdecode", description="Fast, lossless speculative decoding.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    for extra in ("bench", "index", "serve"):
+        _try_add(extra, sub)
+    return parser
+
+
+def _try_add(name: str, sub: Any) -> None:
+    """Sub-commands that live in their own modules register through an `add_parser` there."""
+    import importlib
+
+    module = {"bench": ".bench.cli", "index": ".drafters.index_cli", "serve": ".server.cli"}[name]
+    try:
+        importlib.import_module(module, __package__).add_parser(sub)
+    except ModuleNotFoundError as err:
+        if not err.name or not err.name.startswith("leapdecode"):
+            raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # UsageError, ModelNotInstalled, config errors
+        print(f"leapdecode {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

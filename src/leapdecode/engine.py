@@ -1,0 +1,273 @@
+"""The decoding loop: draft, verify in one target pass, commit, stop.
+
+The cache holds every committed token but the last one (the root). Each step feeds
+`[root] + draft` to the target with tree attention, so one pass yields the distribution after
+the root (used to check the first draft level, or to decode one token when the draft is empty)
+and after every draft node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from . import tree, verify
+from .config import GenerationConfig
+from .drafters import Draft, Drafter, StepResult, make_drafter
+from .models.hf import HFTarget
+from .sampling import make_generator, make_warp
+
+
+@dataclass
+class Stats:
+    new_tokens: int = 0
+    steps: int = 0  # target passes after the prompt
+    accepted_hist: Counter = field(default_factory=Counter)  # accepted draft tokens per step
+    drafted: int = 0  # draft tokens proposed in all
+    prefill_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens emitted per step (accepted + 1)."""
+        return self.new_tokens / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["accepted_hist"] = {str(k): v for k, v in sorted(self.accepted_hist.items())}
+        out.update(tau=self.tau, tokens_per_s=self.tokens_per_s)
+        return out
+
+    def line(self) -> str:
+        return (
+            f"{self.new_tokens} tokens in {self.steps} steps, tau {self.tau:.2f}, "
+            f"{self.tokens_per_s:.1f} tok/s, {self.wall_s:.2f} s"
+        )
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]  # new tokens only
+    text: str
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    stats: Stats
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "finish_reason": self.finish_reason,
+            **self.stats.as_dict(),
+        }
+
+
+class Engine:
+    """A target model, its tokenizer and the loop that decodes with any drafter."""
+
+    def __init__(self, target: HFTarget, tokenizer: Any, name: str = "model"):
+        self.target = target
+        self.tokenizer = tokenizer
+        self.name = name
+        self.eos_ids = _eos_ids(target.model, tokenizer)
+
+    # ---- public API -------------------------------------------------------------------
+    def encode(self, prompt: str | Sequence[int], chat: bool = True) -> list[int]:
+        """Prompt text (wrapped in the chat template unless chat=False) or ids -> ids."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ValueError("the prompt is empty; pass some text to continue")
+            if chat and getattr(self.tokenizer, "chat_template", None):
+                ids = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+                )
+                ids = ids["input_ids"] if not isinstance(ids, list) else ids
+            else:
+                ids = self.tokenizer(prompt)["input_ids"]
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("the prompt is empty; pass some text to continue")
+        return list(ids)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        config: GenerationConfig | None = None,
+        method: str | Drafter = "prompt-lookup",
+        chat: bool = True,
+        **options: Any,
+    ) -> Generation:
+        """Decode to the end and return the whole Generation."""
+        events = self.stream(prompt, config, method, chat, **options)
+        for _ in events:
+            pass
+        return events.result
+
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        config: GenerationConfig | None = None,
+        method: str | Drafter = "prompt-lookup",
+        chat: bool = True,
+        **options: Any,
+    ) -> "Stream":
+        """An iterator of text deltas; `.result` holds the Generation once it is exhausted."""
+        config = config or GenerationConfig()
+        drafter = make_drafter(method, **options)
+        ids = self.encode(prompt, chat)
+        if len(ids) >= self.target.context_window:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens but the model's context window is "
+                f"{self.target.context_window}; shorten the prompt"
+            )
+        return Stream(self, ids, config, drafter)
+
+    # ---- the loop -----------------------------------------------------------------------
+    def decode(
+        self, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter, stats: Stats
+    ) -> Iterator[list[int]]:
+        """Yield the tokens each step commits (accepted + bonus), forever; the caller stops."""
+        target = self.target
+        greedy = config.sampling.greedy
+        warp = None if greedy else make_warp(config.sampling)
+        generator = None if greedy else make_generator(config.sampling.seed)
+        budget = config.budget or getattr(drafter, "default_budget", 8)
+
+        start = time.perf_counter()
+        target.reset()
+        drafter.reset(prompt_ids)
+        target.prefill(prompt_ids[:-1])
+        stats.prefill_s = time.perf_counter() - start
+        context = list(prompt_ids)
+        while True:
+            room = target.context_window - len(context) - 1
+            if room < 0:
+                return
+            # never draft past max_new_tokens: the bonus always comes on top of the draft
+            remaining = config.max_new_tokens - (len(context) - len(prompt_ids)) - 1
+            limit = max(0, min(budget, room, remaining))
+            draft = _clean(drafter.propose(context, limit), target.vocab_size, limit)
+            layout = tree.layout(draft)
+            inputs = [context[-1], *draft.tokens]
+            logits = target.forward(inputs, layout.depths, layout.mask)  # [n + 1, vocab]
+            if greedy:
+                path, bonus = verify.greedy(logits.argmax(-1).tolist(), inputs, layout.children)
+            else:
+                path, bonus = verify.sample(
+                    warp(logits), inputs, layout.children, generator, draft.probs
+                )
+            target.commit([0, *path])
+            emitted = [inputs[j] for j in path] + [bonus]
+            context.extend(emitted)
+            stats.steps += 1
+            stats.drafted += len(draft)
+            stats.accepted_hist[len(path)] += 1
+            drafter.observe(
+                StepResult(draft, [j - 1 for j in path], emitted[:-1], bonus, context, inputs, logits)
+            )
+            yield emitted
+
+
+def _clean(draft: Draft, vocab_size: int, budget: int) -> Draft:
+    """Drop nodes past the budget or with ids outside the vocabulary (and their subtrees):
+    a drafter can waste a step but never change the output."""
+    if len(draft) <= budget and all(0 <= t < vocab_size for t in draft.tokens):
+        return draft
+    parents = draft.parent_list()
+    kept: dict[int, int] = {}  # old index -> new index
+    for i, (token, parent) in enumerate(zip(draft.tokens, parents)):
+        if len(kept) < budget and 0 <= token < vocab_size and (parent == -1 or parent in kept):
+            kept[i] = len(kept)
+    tokens = tuple(draft.tokens[i] for i in kept)
+    new_parents = tuple(-1 if parents[i] == -1 else kept[parents[i]] for i in kept)
+    probs = None if draft.probs is None else draft.probs[list(kept)]
+    return Draft(tokens, new_parents, probs)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is not None:
+            ids.update([value] if isinstance(value, int) else value)
+    return ids
+
+
+class Stream:
+    """Runs the loop and applies the stop rules; iterating yields text deltas."""
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter):
+        self.engine, self.prompt_ids, self.config, self.drafter = engine, prompt_ids, config, drafter
+        self.result: Generation | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        engine, config = self.engine, self.config
+        stats, tokens, sent = Stats(), [], ""
+        finish, text = "length", ""
+        start = time.perf_counter()
+        if config.max_new_tokens > 0:
+            for emitted in engine.decode(self.prompt_ids, config, self.drafter, stats):
+                finish, cut = self._stop_index(tokens, emitted)
+                tokens.extend(emitted[:cut])
+                text = engine.tokenizer.decode(tokens, skip_special_tokens=True)
+                if config.stop:
+                    text, hit = _cut_at_stop(text, config.stop)
+                    if hit:
+                        tokens = _tokens_for_text(engine.tokenizer, tokens, config.stop)
+                        finish = "stop"
+                if finish == "stop" or len(tokens) >= config.max_new_tokens:
+                    break
+                safe = _safe_prefix(text, config.stop)
+                if len(safe) > len(sent):
+                    yield safe[len(sent) :]
+                    sent = safe
+            else:  # the context window is full
+                finish = "length"
+        stats.wall_s = time.perf_counter() - start
+        stats.new_tokens = len(tokens)
+        if len(text) > len(sent) and text.startswith(sent):
+            yield text[len(sent) :]
+        self.result = Generation(tokens, text, finish, stats)
+
+    def _stop_index(self, tokens: list[int], emitted: list[int]) -> tuple[str, int]:
+        """How many of `emitted` to keep, and whether EOS ended it."""
+        room = self.config.max_new_tokens - len(tokens)
+        for i, token in enumerate(emitted[:room]):
+            if token in self.engine.eos_ids and not self.config.ignore_eos:
+                return "stop", i + 1
+        return "length", room
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def _tokens_for_text(tokenizer: Any, tokens: list[int], stops: Sequence[str]) -> list[int]:
+    """The shortest prefix of `tokens` whose text contains a stop string."""
+    for n in range(1, len(tokens) + 1):
+        if _cut_at_stop(tokenizer.decode(tokens[:n], skip_special_tokens=True), stops)[1]:
+            return tokens[:n]
+    return tokens
+
+
+def _safe_prefix(text: str, stops: Sequence[str]) -> str:
+    """Text that can be sent now: hold back a partial UTF-8 character and any tail that could
+    still grow into a stop string."""
+    text = text.rstrip("\ufffd")
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    return text[: len(text) - hold]

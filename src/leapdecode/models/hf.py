@@ -1,0 +1,116 @@
+"""Adapter over a transformers causal LM with explicit positions and an explicit KV cache.
+
+The cache holds `length` committed tokens. `forward` appends a block of inputs (a chain or a
+tree) on top of it and returns logits for every input; `commit(keep)` then keeps the KV entries
+of the chosen inputs and drops the rest, so the cache holds committed tokens only.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+PREFILL_CHUNK = 512
+
+
+class HFTarget:
+    """A transformers causal LM seen as: forward(tokens, depths, mask) -> logits, commit, trim."""
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.context_window = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.cache = DynamicCache()
+        self.length = 0  # committed tokens in the cache
+        self._pending = 0  # inputs appended by the last forward, not yet committed
+
+    def reset(self) -> None:
+        self.cache = DynamicCache()
+        self.length = 0
+        self._pending = 0
+
+    @torch.inference_mode()
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Append and commit `tokens` (no logits are needed: the engine feeds the last one later)."""
+        for start in range(0, len(tokens), PREFILL_CHUNK):
+            chunk = list(tokens[start : start + PREFILL_CHUNK])
+            self._run(chunk, torch.arange(len(chunk)), None, logits_to_keep=1)
+            self.commit_all()
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: Sequence[int], depths: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Run inputs at positions length + depths. mask: [n, n] bool tree mask (None = causal).
+
+        Returns float logits [n, vocab].
+        """
+        return self._run(list(tokens), depths, mask, logits_to_keep=0)[0].float()
+
+    def _run(
+        self, tokens: list[int], depths: torch.Tensor, mask: torch.Tensor | None, logits_to_keep: int
+    ) -> torch.Tensor:
+        if self._pending:
+            raise RuntimeError("commit() the previous forward before running another")
+        n = len(tokens)
+        ids = torch.tensor([tokens], device=self.device)  # [1, n]
+        positions = (depths.to(self.device) + self.length).unsqueeze(0)  # [1, n]
+        attention = None if mask is None else self._full_mask(mask)
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=attention,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        self._pending = n
+        return out.logits  # [1, n or logits_to_keep, vocab]
+
+    def _full_mask(self, tree_mask: torch.Tensor) -> torch.Tensor:
+        """[n, n] bool tree mask -> [1, 1, n, length + n] additive mask over cache + inputs."""
+        n = tree_mask.shape[0]
+        allowed = torch.ones(n, self.length + n, dtype=torch.bool, device=self.device)
+        allowed[:, self.length :] = tree_mask.to(self.device)
+        additive = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        additive.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return additive[None, None]
+
+    def commit(self, keep: Sequence[int]) -> None:
+        """Keep the KV entries of inputs `keep` (ascending indices into the last forward)."""
+        n, keep = self._pending, list(keep)
+        if keep == list(range(len(keep))):
+            self._crop(n - len(keep))
+        else:
+            index = torch.tensor([self.length + k for k in keep], device=self.device)
+            for layer in self.cache.layers:
+                # keys/values: [batch, heads, seq, head_dim]
+                layer.keys = torch.cat(
+                    [layer.keys[:, :, : self.length], layer.keys.index_select(2, index)], dim=2
+                )
+                layer.values = torch.cat(
+                    [layer.values[:, :, : self.length], layer.values.index_select(2, index)], dim=2
+                )
+        self.length += len(keep)
+        self._pending = 0
+
+    def commit_all(self) -> None:
+        self.length += self._pending
+        self._pending = 0
+
+    def trim(self, length: int) -> None:
+        """Drop committed tokens beyond `length`."""
+        if self._pending:
+            raise RuntimeError("commit() the previous forward before trimming")
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot trim a cache of {self.length} tokens to {length}")
+        self._crop(self.length - length)
+        self.length = length
+
+    def _crop(self, drop: int) -> None:
+        if drop > 0:
+            self.cache.crop(-drop)

@@ -1,0 +1,53 @@
+"""Shared fixtures: the packaged 135M model, loaded once per test session in float32."""
+
+import json
+from importlib import resources
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    import leapdecode
+
+    return leapdecode.load("smollm2-135m", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def dev_questions():
+    path = resources.files("leapdecode.bench") / "data" / "specbench_dev.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def pick_prompts(questions, per_subtask):
+    """The first `per_subtask` questions of each subtask (MT-bench categories grouped)."""
+    subtasks = {"translation", "summarization", "qa", "math_reasoning", "rag"}
+    chosen, seen = [], {}
+    for q in questions:
+        sub = q["category"] if q["category"] in subtasks else "mt_bench"
+        if seen.get(sub, 0) < per_subtask:
+            seen[sub] = seen.get(sub, 0) + 1
+            chosen.append(q["turns"][0])
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def reference(engine):
+    """Memoised plain greedy output of transformers' own generate: (prompt, n) -> new token ids."""
+    cache = {}
+
+    def ref(prompt: str, max_new_tokens: int) -> list[int]:
+        key = (prompt, max_new_tokens)
+        if key not in cache:
+            ids = engine.encode(prompt)
+            with torch.inference_mode():
+                out = engine.target.model.generate(
+                    torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False
+                )
+            cache[key] = out[0, len(ids):].tolist()
+        return cache[key]
+
+    return ref
