@@ -79,23 +79,32 @@ class Engine:
         self.eos_ids = _eos_ids(target.model, tokenizer)
 
     # ---- public API -------------------------------------------------------------------
-    def encode(self, prompt: str | Sequence[int], chat: bool = True) -> list[int]:
-        """Prompt text (wrapped in the chat template unless chat=False) or ids -> ids."""
+    def encode(self, prompt: str | Sequence[int] | Sequence[dict], chat: bool = True) -> list[int]:
+        """Prompt -> ids. A string is wrapped in the chat template as one user message unless
+        chat=False; a list of {"role", "content"} messages always goes through the template;
+        a list of ints is taken as ids."""
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise ValueError("the prompt is empty; pass some text to continue")
             if chat and getattr(self.tokenizer, "chat_template", None):
-                ids = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-                )
-                ids = ids["input_ids"] if not isinstance(ids, list) else ids
+                ids = self._template([{"role": "user", "content": prompt}])
             else:
                 ids = self.tokenizer(prompt)["input_ids"]
+        elif prompt and isinstance(prompt[0], dict):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(f"model {self.name!r} has no chat template; send a plain prompt instead")
+            if not any(str(m.get("content", "")).strip() for m in prompt):
+                raise ValueError("the messages are empty; pass some text to continue")
+            ids = self._template(list(prompt))
         else:
             ids = [int(t) for t in prompt]
         if not ids:
             raise ValueError("the prompt is empty; pass some text to continue")
         return list(ids)
+
+    def _template(self, messages: list[dict]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids if isinstance(ids, list) else ids["input_ids"])
 
     def generate(
         self,
