@@ -17,6 +17,34 @@ class UsageError(ValueError):
     """A bad command line: printed as one line, exit code 2."""
 
 
+def budget_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}") from None
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """['k=8', 'store=a.npz', 'keep=true'] -> {'k': 8, 'store': 'a.npz', 'keep': True}."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--opt expects KEY=VALUE, got {pair!r}")
+        value: Any = {"true": True, "false": False, "none": None}.get(text.lower(), text)
+        if isinstance(value, str):
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    pass
+        options[key.replace("-", "_")] = value
+    return options
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="packaged name, transformers dir or .gguf file")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -28,7 +56,10 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("prompt", help="the prompt text ('-' reads standard input)")
     _add_model_args(p)
     p.add_argument("--method", default="prompt-lookup", help=f"drafter: {', '.join(DRAFTERS)}")
-    p.add_argument("--budget", type=int, default=None, help="draft tokens per step (default: the drafter's)")
+    p.add_argument("--budget", type=budget_arg, default=None,
+                   help="draft tokens per step, or 'auto' to size drafts by measured pass cost (default: the drafter's)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a drafter option, e.g. --opt store=corpus.npz (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -57,8 +88,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown method {args.method!r}; choose one of: {', '.join(DRAFTERS)}")
     if not prompt.strip():
         raise UsageError("the prompt is empty; pass some text to continue")
+    options = parse_options(args.opt)
     engine = _load(args)
-    stream = engine.stream(prompt, config, args.method, chat=not args.raw)
+    stream = engine.stream(prompt, config, args.method, chat=not args.raw, **options)
     for delta in stream:
         if not args.json:
             print(delta, end="", flush=True)

@@ -15,7 +15,7 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    budget: int | None = None  # draft tokens per step; None = the drafter's default
+    budget: int | str | None = None  # draft tokens per step; None = the drafter's default; "auto"
     ignore_eos: bool = False
     sampling: SamplingParams = field(init=False, repr=False)
 
@@ -24,10 +24,12 @@ class GenerationConfig:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.budget is not None and (
+        if self.budget is not None and self.budget != "auto" and (
             isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1
         ):
-            raise ValueError(f"budget (draft tokens per step) must be an integer >= 1, got {self.budget!r}")
+            raise ValueError(
+                f"budget (draft tokens per step) must be an integer >= 1 or 'auto', got {self.budget!r}"
+            )
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)

@@ -18,6 +18,7 @@ import torch
 from . import tree, verify
 from .config import GenerationConfig
 from .drafters import Draft, Drafter, StepResult, make_drafter
+from .budget import AutoBudget, cached_pass_costs
 from .models.hf import HFTarget
 from .sampling import make_generator, make_warp
 
@@ -77,6 +78,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.name = name
         self.eos_ids = _eos_ids(target.model, tokenizer)
+        self._pass_costs: dict[str, dict[int, float]] = {}
 
     # ---- public API -------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int] | Sequence[dict], chat: bool = True) -> list[int]:
@@ -139,6 +141,15 @@ class Engine:
             )
         return Stream(self, ids, config, drafter)
 
+    def pass_costs(self) -> dict[int, float]:
+        """Seconds per verification pass by number of inputs, measured once per machine setup."""
+        from .models.registry import cache_dir
+
+        key = f"{self.name}|{self.target.dtype}|{self.target.device}|threads={torch.get_num_threads()}"
+        if key not in self._pass_costs:
+            self._pass_costs[key] = cached_pass_costs(self.target, key, cache_dir() / "pass_costs.json")
+        return self._pass_costs[key]
+
     # ---- the loop -----------------------------------------------------------------------
     def decode(
         self, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter, stats: Stats
@@ -148,7 +159,8 @@ class Engine:
         greedy = config.sampling.greedy
         warp = None if greedy else make_warp(config.sampling)
         generator = None if greedy else make_generator(config.sampling.seed)
-        budget = config.budget or getattr(drafter, "default_budget", 8)
+        auto = AutoBudget(self.pass_costs()) if config.budget == "auto" else None
+        budget = config.budget or drafter.default_budget
 
         start = time.perf_counter()
         target.reset()
@@ -162,7 +174,7 @@ class Engine:
                 return
             # never draft past max_new_tokens: the bonus always comes on top of the draft
             remaining = config.max_new_tokens - (len(context) - len(prompt_ids)) - 1
-            limit = max(0, min(budget, room, remaining))
+            limit = max(0, min(auto.choose() if auto else budget, room, remaining))
             draft = _clean(drafter.propose(context, limit), target.vocab_size, limit)
             layout = tree.layout(draft)
             inputs = [context[-1], *draft.tokens]
@@ -179,6 +191,8 @@ class Engine:
             stats.steps += 1
             stats.drafted += len(draft)
             stats.accepted_hist[len(path)] += 1
+            if auto:
+                auto.update(len(draft), [j - 1 for j in path])
             drafter.observe(
                 StepResult(draft, [j - 1 for j in path], emitted[:-1], bonus, context, inputs, logits)
             )
@@ -216,6 +230,8 @@ class Stream:
     def __init__(self, engine: Engine, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter):
         self.engine, self.prompt_ids, self.config, self.drafter = engine, prompt_ids, config, drafter
         self.result: Generation | None = None
+        if config.budget == "auto":
+            engine.pass_costs()  # measured (once) before the clock starts
 
     def __iter__(self) -> Iterator[str]:
         engine, config = self.engine, self.config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import EMPTY_DRAFT, Draft, Drafter, StepResult
+from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, merge
 
 # name -> "module:Class"; imported lazily so one drafter's dependencies never slow another
 DRAFTERS: dict[str, str] = {
@@ -13,6 +13,10 @@ DRAFTERS: dict[str, str] = {
     "prompt-lookup": "prompt_lookup:PromptLookupDrafter",
     "token-recycling": "token_recycling:TokenRecyclingDrafter",
     "lookahead": "lookahead:LookaheadDrafter",
+    "suffix": "suffix:SuffixDrafter",
+    "ngram-adaptive": "ngram_adaptive:NgramAdaptiveDrafter",
+    "retrieval": "retrieval:RetrievalDrafter",
+    "auto": "auto:AutoDrafter",
 }
 
 
@@ -32,4 +36,4 @@ def make_drafter(method: str | Drafter, **options: Any) -> Drafter:
         raise ValueError(f"bad option for method {method!r}: {err}") from None
 
 
-__all__ = ["DRAFTERS", "Draft", "Drafter", "EMPTY_DRAFT", "StepResult", "make_drafter"]
+__all__ = ["DRAFTERS", "Draft", "Drafter", "EMPTY_DRAFT", "StepResult", "make_drafter", "merge"]

@@ -79,10 +79,12 @@ class StepResult:
 class Drafter:
     """Base class: subclasses override `propose`, and `reset`/`observe` when they keep state.
 
-    `name` is the method name used on the command line and in the bench.
+    `name` is the method name used on the command line and in the bench; `default_budget`
+    the draft size used when a request names none.
     """
 
     name: str = "drafter"
+    default_budget: int = 16  # draft nodes per step when the request does not say
 
     def reset(self, prompt: Sequence[int]) -> None:
         """Called once at the start of each request with the prompt's token ids."""
@@ -93,3 +95,29 @@ class Drafter:
 
     def observe(self, result: StepResult) -> None:
         """Learn from a verification step (adaptive drafters). Default: nothing."""
+
+
+def merge(drafts: Sequence[Draft], budget: int) -> Draft:
+    """Union of deterministic drafts as one trie, earlier drafts first, at most `budget` nodes.
+
+    A node whose path already exists is shared, so no two siblings carry the same token.
+
+    >>> merge([Draft((5, 6)), Draft((5, 7), (-1, -1))], 8)
+    Draft(tokens=(5, 6, 7), parents=(-1, 0, -1), probs=None)
+    """
+    tokens: list[int] = []
+    parents: list[int] = []
+    index: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+    for draft in drafts:
+        mapped: list[int] = []  # draft node -> merged node (-2: dropped)
+        for token, parent in zip(draft.tokens, draft.parent_list()):
+            new_parent = -1 if parent == -1 else mapped[parent]
+            node = -2
+            if new_parent != -2:
+                node = index.get((new_parent, token), -2)
+                if node == -2 and len(tokens) < budget:
+                    node = index[(new_parent, token)] = len(tokens)
+                    tokens.append(token)
+                    parents.append(new_parent)
+            mapped.append(node)
+    return Draft(tuple(tokens), tuple(parents)) if tokens else EMPTY_DRAFT

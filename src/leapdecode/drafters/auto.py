@@ -1,0 +1,41 @@
+"""`auto`: exact copies when the context repeats itself, the Token Recycling tree otherwise.
+
+SAM-Decoding (Hu et al., ACL 2025, arXiv 2411.10666) pairs a suffix automaton, whose long
+exact matches are accepted almost whole, with an auxiliary drafter for the steps where no
+match exists. Here the automaton's chain comes first and the Token Recycling tree
+(Luo et al., ACL 2025) fills the rest of the budget in the same pass; identical prefixes are
+shared, so the tree never holds a guess twice.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, merge
+from .suffix import SuffixDrafter
+from .token_recycling import TokenRecyclingDrafter
+
+
+class AutoDrafter(Drafter):
+    name = "auto"
+    default_budget = 48
+
+    def __init__(self, min_match: int = 2, max_copy: int = 16):
+        if isinstance(max_copy, bool) or not isinstance(max_copy, int) or max_copy < 1:
+            raise ValueError(f"auto option max_copy must be an integer >= 1, got {max_copy!r}")
+        self.copy = SuffixDrafter(min_match=min_match, max_draft=max_copy)
+        self.recycle = TokenRecyclingDrafter()
+
+    def reset(self, prompt: Sequence[int]) -> None:
+        self.copy.reset(prompt)
+        self.recycle.reset(prompt)
+
+    def propose(self, context: Sequence[int], budget: int) -> Draft:
+        if budget < 1:
+            return EMPTY_DRAFT
+        chain = self.copy.propose(context, budget)
+        tree = self.recycle.propose(context, budget)
+        return merge([chain, tree], budget)
+
+    def observe(self, result: StepResult) -> None:
+        self.recycle.observe(result)

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from leapdecode.budget import AutoBudget, cached_pass_costs, interpolate
+from leapdecode.drafters import Draft, merge
+
+
+def test_interpolate_and_extrapolate():
+    costs = {1: 1.0, 3: 2.0, 5: 6.0}
+    assert interpolate(costs, 1) == 1.0
+    assert interpolate(costs, 2) == 1.5
+    assert interpolate(costs, 4) == 4.0
+    assert interpolate(costs, 7) == 10.0
+
+
+def test_flat_cost_and_perfect_drafts_choose_largest():
+    auto = AutoBudget({1: 1.0, 200: 1.0}, max_budget=32)
+    for _ in range(50):
+        auto.update(32, list(range(32)))
+    assert auto.choose() == 32
+
+
+def test_useless_drafts_choose_zero():
+    auto = AutoBudget({1: 1.0, 2: 1.1, 200: 20.0}, max_budget=64)
+    for _ in range(200):
+        auto.update(64, [])
+    assert auto.choose() == 0
+
+
+def test_tradeoff_matches_hand_computation():
+    # node 0 always accepted, node 1 half the time, the rest never; cost 1 + 0.25 per extra input
+    costs = {1: 1.0, 129: 1.0 + 0.25 * 128}
+    auto = AutoBudget(costs, max_budget=16)
+    for step in range(400):
+        auto.update(16, [0, 1] if step % 2 else [0])
+    # b=1: 2/1.25 = 1.6; b=2: 2.5/1.5 = 1.67; b=3: 2.5/1.75 = 1.43
+    assert auto.choose() == 2
+
+
+def test_cached_pass_costs_reads_without_measuring(tmp_path):
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"k": {"1": 0.02, "8": 0.03}}))
+
+    class NoTarget:
+        def __getattr__(self, name):
+            raise AssertionError("must not measure when cached")
+
+    assert cached_pass_costs(NoTarget(), "k", path) == {1: 0.02, 8: 0.03}
+
+
+def test_merge_shares_prefixes_and_respects_budget():
+    chain = Draft((5, 6, 7))
+    tree = Draft((5, 9, 6, 8), (-1, -1, 0, 0))  # 5 -> 6 duplicates the chain's prefix
+    merged = merge([chain, tree], 10)
+    assert merged.tokens == (5, 6, 7, 9, 8)
+    assert merged.parents == (-1, 0, 1, -1, 0)
+    assert merge([chain, tree], 2).tokens == (5, 6)
+
+
+def test_merge_drops_subtree_of_dropped_node():
+    tree = Draft((1, 2, 3), (-1, 0, 1))
+    assert merge([Draft((4, 5)), tree], 3).tokens == (4, 5, 1)
+
+
+@pytest.mark.parametrize("budget", [0, -1, "big", 1.5])
+def test_bad_budget(budget):
+    from leapdecode import GenerationConfig
+
+    with pytest.raises(ValueError, match="budget"):
+        GenerationConfig(budget=budget)

@@ -1,0 +1,67 @@
+"""The command line: JSON output, and bad input as one line on stderr with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from leapdecode.cli import main, parse_options
+
+CLI = [sys.executable, "-m", "leapdecode.cli"]
+
+
+def run(*args, timeout=300):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_generate_json_matches_api(engine, reference):
+    prompt = "Name three primary colors."
+    done = run("generate", "--json", "--max-new-tokens", "16", "--threads", "2", prompt)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    for key in ("text", "token_ids", "new_tokens", "steps", "tau", "tokens_per_s", "finish_reason"):
+        assert key in out
+    assert out["token_ids"] == reference(prompt, 16)
+    assert out["new_tokens"] == len(out["token_ids"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", ""], "prompt is empty"),
+        (["generate", "--max-new-tokens", "-3", "hi"], "max_new_tokens"),
+        (["generate", "--method", "telepathy", "hi"], "unknown method"),
+        (["generate", "--model", "no-such-model", "hi"], "unknown model"),
+        (["generate", "--temperature", "-1", "hi"], "temperature"),
+        (["generate", "--top-p", "1.5", "hi"], "top_p"),
+        (["generate", "--top-p", "0", "hi"], "top_p"),
+        (["generate", "--budget", "0", "hi"], "budget"),
+        (["generate", "--opt", "nokey", "hi"], "KEY=VALUE"),
+    ],
+)
+def test_bad_input_exit_2_without_traceback(args, message):
+    done = run(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_too_long_prompt_in_process(capsys):
+    code = main(["generate", "--max-new-tokens", "4", "hi " * 9000])
+    err = capsys.readouterr().err
+    assert code == 2 and "context window" in err and len(err.strip().splitlines()) == 1
+
+
+def test_models_lists_packaged_models():
+    done = run("models")
+    assert done.returncode == 0
+    assert "smollm2-135m" in done.stdout and "installed" in done.stdout
+    for name in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "gemma3-270m"):
+        assert name in done.stdout
+
+
+def test_parse_options():
+    assert parse_options(["k=8", "store=a.npz", "keep-all=true", "p=0.5"]) == {
+        "k": 8, "store": "a.npz", "keep_all": True, "p": 0.5}
