@@ -73,7 +73,7 @@ class StepResult:
     bonus: int  # the token the target added after the accepted ones
     context: Sequence[int]  # committed tokens after this step (prompt + output, bonus included)
     inputs: list[int]  # [n + 1] root token followed by draft tokens
-    logits: torch.Tensor = field(repr=False)  # [n + 1, vocab] target logits, float
+    logits: torch.Tensor = field(repr=False)  # [n + 1, vocab] target logits, model dtype
 
 
 class Drafter:

@@ -47,9 +47,10 @@ class HFTarget:
     ) -> torch.Tensor:
         """Run inputs at positions length + depths. mask: [n, n] bool tree mask (None = causal).
 
-        Returns float logits [n, vocab].
+        Returns logits [n, vocab] in the model's dtype (argmax is the same as in float32 of
+        them; samplers upcast).
         """
-        return self._run(list(tokens), depths, mask, logits_to_keep=0)[0].float()
+        return self._run(list(tokens), depths, mask, logits_to_keep=0)[0]
 
     def _run(
         self, tokens: list[int], depths: torch.Tensor, mask: torch.Tensor | None, logits_to_keep: int
@@ -80,21 +81,18 @@ class HFTarget:
         additive.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         return additive[None, None]
 
+    @torch.inference_mode()
     def commit(self, keep: Sequence[int]) -> None:
         """Keep the KV entries of inputs `keep` (ascending indices into the last forward)."""
         n, keep = self._pending, list(keep)
-        if keep == list(range(len(keep))):
-            self._crop(n - len(keep))
-        else:
+        if keep != list(range(len(keep))):
+            # move the kept entries down into place, then drop the tail like a chain
             index = torch.tensor([self.length + k for k in keep], device=self.device)
-            for layer in self.cache.layers:
-                # keys/values: [batch, heads, seq, head_dim]
-                layer.keys = torch.cat(
-                    [layer.keys[:, :, : self.length], layer.keys.index_select(2, index)], dim=2
-                )
-                layer.values = torch.cat(
-                    [layer.values[:, :, : self.length], layer.values.index_select(2, index)], dim=2
-                )
+            span = slice(self.length, self.length + len(keep))
+            for layer in self.cache.layers:  # keys/values: [batch, kv_heads, seq, head_dim]
+                layer.keys[:, :, span] = layer.keys.index_select(2, index)
+                layer.values[:, :, span] = layer.values.index_select(2, index)
+        self._crop(n - len(keep))
         self.length += len(keep)
         self._pending = 0
 
