@@ -1,0 +1,345 @@
+"""The OpenAI-compatible HTTP API over one Engine.
+
+    app = create_app(engine)                      # or create_app(lambda: leapdecode.load(...))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `stream`), GET /v1/models,
+GET /health, GET /metrics. Everything that touches the engine (tokenizer included) runs on the
+scheduler's single worker thread, one request at a time; the event loop only parses, queues and
+relays. A request is answered with its status only once the worker has accepted it, so a prompt
+longer than the context window is a 400 even when streaming was asked for.
+
+A client that disconnects while queued leaves the queue at once; one that disconnects while its
+request runs stops the generation at the next step (its response is logged with status 499).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from ..drafters import DRAFTERS
+from ..engine import Engine, Generation
+from . import protocol
+from .metrics import CONTENT_TYPE, Metrics
+from .protocol import APIError, GenRequest, invalid
+from .scheduler import Job, QueueFull, Scheduler
+
+ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
+CLIENT_CLOSED = 499  # the status nginx logs for "client closed the request"; never seen by a client
+
+
+def create_app(
+    engine: Engine | Callable[[], Engine],
+    *,
+    model_name: str | None = None,
+    method: str = "prompt-lookup",
+    max_queue: int = 64,
+) -> FastAPI:
+    """A FastAPI app serving `engine` (or the engine a factory returns at startup)."""
+    if method not in DRAFTERS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(DRAFTERS)}")
+    server = Server(engine, model_name, method, Scheduler(max_queue))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await server.start()
+        yield
+        await server.scheduler.stop()
+
+    app = FastAPI(title="leapdecode", lifespan=lifespan)
+    app.state.server = server
+    app.add_middleware(CountRequests, metrics=server.metrics)
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        body = protocol.parse_json(await request.body())
+        gen = protocol.parse_completion(body, server.model_names, server.default_method)
+        return await server.serve(gen, request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = protocol.parse_json(await request.body())
+        gen = protocol.parse_chat(body, server.model_names, server.default_method)
+        return await server.serve(gen, request)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [server.model_card()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str) -> dict[str, Any]:
+        if model not in server.model_names:
+            raise APIError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
+        return server.model_card()
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        scheduler = server.scheduler
+        return {"status": "ok", "model": server.model_name, "queue_depth": scheduler.depth,
+                "running": int(scheduler.running is not None)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        scheduler = server.scheduler
+        text = server.metrics.render(scheduler.depth, int(scheduler.running is not None), scheduler.dropped)
+        return Response(text, media_type=CONTENT_TYPE)
+
+    return app
+
+
+class Server:
+    """The engine, its scheduler and metrics, and the request life cycle."""
+
+    def __init__(self, engine: Engine | Callable[[], Engine], model_name: str | None, method: str,
+                 scheduler: Scheduler):
+        self._engine_or_factory = engine
+        self.engine: Engine | None = engine if hasattr(engine, "stream") else None
+        self._model_name = model_name
+        self.default_method = method
+        self.scheduler = scheduler
+        self.metrics = Metrics()
+        self.created = int(time.time())
+
+    async def start(self) -> None:
+        if self.engine is None:  # load on the event loop thread: nothing is served before it
+            self.engine = self._engine_or_factory()
+        await self.scheduler.start()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name or getattr(self.engine, "name", None) or "model"
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return (self.model_name, protocol.MODEL_ALIAS)
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "leapdecode"}
+
+    # ---- one request ------------------------------------------------------------------
+    async def serve(self, gen: GenRequest, request: Request) -> Response:
+        try:
+            job = self.scheduler.submit(self._work(gen))
+        except QueueFull as err:
+            raise APIError(429, str(err), type="rate_limit_error", code="queue_full") from None
+        gone = asyncio.ensure_future(_disconnected(request))
+        streaming = False
+        try:
+            kind, value = await _next(job, gone)
+            if kind == "start":
+                if gen.stream:  # from here on the response watches the connection
+                    streaming = True
+                    return JobStream(job, self._sse(job, gen, value))
+                kind, value = await _next(job, gone)
+                while kind == "delta":
+                    kind, value = await _next(job, gone)
+            if kind == "done":
+                return JSONResponse(self._body(gen, value, _new_id(gen)))
+            if kind == "error":
+                raise _as_api_error(value)
+            if kind == "disconnected":
+                return Response(status_code=CLIENT_CLOSED)
+            raise APIError(503, "the request was cancelled because the server is shutting down",
+                           type="server_error", code="shutting_down")
+        finally:
+            gone.cancel()
+            if not streaming:  # a no-op once the job is done; else frees its place or stops it
+                job.cancel()
+
+    def _work(self, gen: GenRequest) -> Callable[[Job], None]:
+        """What the worker thread does for `gen`; it reports through job events."""
+
+        def work(job: Job) -> None:
+            engine = self.engine
+            ids = _encode(engine, gen)
+            stream = engine.stream(ids, gen.config, gen.method, chat=False)
+            job.emit("start", len(ids))
+            for delta in stream:  # one decoding step (or more, while text is held back) per delta
+                if job.cancelled:
+                    self.metrics.cancellation()
+                    job.emit("cancelled")
+                    return
+                if gen.stream:
+                    job.emit("delta", delta)
+            result = stream.result
+            self.metrics.generation(gen.method, len(ids), result.stats.new_tokens, result.stats.steps)
+            job.emit("done", (len(ids), result))
+
+        return work
+
+    async def _sse(self, job: Job, gen: GenRequest, prompt_tokens: int) -> AsyncIterator[str]:
+        """Server-sent events: a chunk per text delta, a last chunk with finish_reason, [DONE]."""
+        rid, created = _new_id(gen), int(time.time())
+        try:  # the finally: Starlette stops iterating this when the client disconnects
+            if gen.kind == "chat":
+                yield _event(self._chunk(gen, rid, created, {"role": "assistant", "content": ""}))
+            while True:
+                kind, value = await job.next()
+                if kind == "delta":
+                    yield _event(self._chunk(gen, rid, created, value))
+                elif kind == "done":
+                    result = value[1]
+                    last = self._chunk(gen, rid, created, "", result.finish_reason, _extra(gen, result))
+                    yield _event(last)
+                    if gen.include_usage:
+                        usage = _usage(prompt_tokens, result)
+                        yield _event({**self._chunk(gen, rid, created, ""), "choices": [], "usage": usage})
+                    yield "data: [DONE]\n\n"
+                    return
+                elif kind == "error":
+                    yield _event(_as_api_error(value).body())
+                    return
+                else:
+                    return
+        finally:
+            job.cancel()  # a no-op after [DONE]; otherwise the client went away mid-stream
+
+    # ---- response bodies --------------------------------------------------------------
+    def _body(self, gen: GenRequest, done: tuple[int, Generation], rid: str) -> dict[str, Any]:
+        prompt_tokens, result = done
+        if gen.kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
+                      "logprobs": None, "finish_reason": result.finish_reason}
+            kind = "chat.completion"
+        else:
+            choice = {"index": 0, "text": result.text, "logprobs": None,
+                      "finish_reason": result.finish_reason}
+            kind = "text_completion"
+        return {"id": rid, "object": kind, "created": int(time.time()), "model": self.model_name,
+                "choices": [choice], "usage": _usage(prompt_tokens, result), **_extra(gen, result)}
+
+    def _chunk(self, gen: GenRequest, rid: str, created: int, text: str | dict,
+               finish: str | None = None, extra: dict | None = None) -> dict[str, Any]:
+        if gen.kind == "chat":
+            delta = text if isinstance(text, dict) else ({"content": text} if text else {})
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            kind = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            kind = "text_completion"
+        return {"id": rid, "object": kind, "created": created, "model": self.model_name,
+                "choices": [choice], **(extra or {})}
+
+
+def _encode(engine: Engine, gen: GenRequest) -> list[int]:
+    """Prompt -> ids on the worker thread, with the checks that need the tokenizer or model."""
+    param = "messages" if gen.kind == "chat" else "prompt"
+    try:
+        ids = engine.encode(gen.prompt, chat=gen.chat)
+    except Exception as err:  # an empty prompt, a chat template that refuses the messages, ...
+        raise invalid(param, f"cannot encode the {param}: {err}") from None
+    vocab = engine.target.vocab_size
+    if any(not 0 <= t < vocab for t in ids):
+        raise invalid(param, f"token ids must be in [0, {vocab}) for this model")
+    window = engine.target.context_window
+    if len(ids) >= window:
+        raise invalid(param, f"the prompt has {len(ids)} tokens but the model's context window is {window}; "
+                      "shorten the prompt", "context_length_exceeded")
+    return ids
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (the body is already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _next(job: Job, gone: asyncio.Future) -> tuple[str, Any]:
+    """The job's next event, or ("disconnected", None) once the client has gone."""
+    event = asyncio.ensure_future(job.next())
+    await asyncio.wait({event, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if event.done():
+        return event.result()
+    event.cancel()
+    return "disconnected", None
+
+
+def _usage(prompt_tokens: int, result: Generation) -> dict[str, int]:
+    new = len(result.token_ids)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": new, "total_tokens": prompt_tokens + new}
+
+
+def _extra(gen: GenRequest, result: Generation) -> dict[str, Any]:
+    """leapdecode's own fields beside the OpenAI ones: the tokens and how decoding went."""
+    stats = result.stats
+    return {"leapdecode": {"method": gen.method, "token_ids": result.token_ids, "steps": stats.steps,
+                           "tau": stats.tau, "tokens_per_s": stats.tokens_per_s, "wall_s": stats.wall_s}}
+
+
+def _new_id(gen: GenRequest) -> str:
+    return f"{'chatcmpl' if gen.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _as_api_error(err: BaseException) -> APIError:
+    if isinstance(err, APIError):
+        return err
+    return APIError(500, f"internal error: {type(err).__name__}: {err}", type="server_error")
+
+
+async def _api_error(request: Request, err: APIError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if err.status == 429 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+    body = APIError(err.status_code, str(err.detail), type=kind).body()
+    return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
+
+
+class JobStream(StreamingResponse):
+    """Server-sent events of one job; however the response ends (done, client gone, error),
+    the job is cancelled, so a generation never outlives its client."""
+
+    def __init__(self, job: Job, events: AsyncIterator[str]):
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.job = job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
+
+
+class CountRequests:
+    """ASGI middleware: count every HTTP request by endpoint and final status.
+
+    (A plain ASGI wrapper: Starlette's BaseHTTPMiddleware would interfere with disconnect
+    detection and streaming.)"""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        status = 500
+
+        async def counting_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.request(endpoint, status)

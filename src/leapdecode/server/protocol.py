@@ -1,0 +1,256 @@
+"""OpenAI request bodies -> validated generation requests, and OpenAI-style errors.
+
+Every user error becomes an `APIError` (a 4xx with `{"error": {message, type, param, code}}`)
+before the request reaches the engine; the one check that needs the tokenizer (a prompt longer
+than the context window) is made by the worker, still before any response byte is sent.
+
+Sampling defaults follow the OpenAI protocol, so a client written for it gets what it expects:
+an omitted `temperature` means 1.0 (sampling); send `temperature: 0` for greedy decoding, which
+is token-identical to `leapdecode generate`. Extra fields: `method` (a drafter name), `top_k`,
+`budget` (draft tokens per step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import GenerationConfig
+from ..drafters import DRAFTERS
+
+DEFAULT_MAX_TOKENS = 128
+DEFAULT_TEMPERATURE = 1.0  # the OpenAI default; 0 = greedy
+MODEL_ALIAS = "leapdecode"  # accepted as a model name besides the served model's own
+
+# fields of the OpenAI protocol this server does not implement: accepted only when absent,
+# null or at their neutral value, so a request never silently means something else
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "n": (1,),
+    "best_of": (1,),
+    "echo": (False,),
+    "logprobs": (False, 0),
+    "top_logprobs": (0,),
+    "suffix": ("",),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "tools": ([],),
+}
+
+
+class APIError(Exception):
+    """A request the server refuses, in OpenAI's error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid(param: str | None, message: str, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """What the engine is asked to do for one HTTP request."""
+
+    kind: str  # "completion" or "chat"
+    prompt: str | list[int] | list[dict[str, str]]  # text, token ids, or chat messages
+    chat: bool  # wrap a text prompt in the chat template (chat endpoint only)
+    config: GenerationConfig
+    method: str
+    stream: bool
+    include_usage: bool  # stream_options.include_usage: a last chunk carrying usage
+
+
+def parse_completion(body: Any, model_names: tuple[str, ...], default_method: str) -> GenRequest:
+    """Validate a POST /v1/completions body. The prompt is taken raw (no chat template)."""
+    body = _object(body)
+    if "prompt" not in body or body["prompt"] is None:
+        raise invalid("prompt", "you must provide a prompt", "missing_required_parameter")
+    prompt = _prompt(body["prompt"])
+    return _request(body, "completion", prompt, False, "max_tokens", model_names, default_method)
+
+
+def parse_chat(body: Any, model_names: tuple[str, ...], default_method: str) -> GenRequest:
+    """Validate a POST /v1/chat/completions body; messages go through the chat template."""
+    body = _object(body)
+    if "messages" not in body or body["messages"] is None:
+        raise invalid("messages", "you must provide messages", "missing_required_parameter")
+    limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    return _request(body, "chat", _messages(body["messages"]), True, limit, model_names, default_method)
+
+
+def _request(
+    body: dict, kind: str, prompt: Any, chat: bool, limit: str, model_names: tuple[str, ...],
+    default_method: str,
+) -> GenRequest:
+    _check_model(body.get("model"), model_names)
+    _check_unsupported(body)
+    method = body.get("method", default_method)
+    if method is None:
+        method = default_method
+    if not isinstance(method, str) or method not in DRAFTERS:
+        raise invalid("method", f"unknown method {method!r}; choose one of: {', '.join(DRAFTERS)}")
+    stream = _flag(body, "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise invalid("stream_options", "stream_options must be an object")
+    fields = dict(
+        max_new_tokens=_integer(body, limit, DEFAULT_MAX_TOKENS, minimum=0),
+        temperature=_number(body, "temperature", DEFAULT_TEMPERATURE, 0.0, 2.0, "in [0, 2] (0 = greedy)"),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, "in (0, 1]", open_low=True),
+        top_k=_integer(body, "top_k", 0, minimum=0),
+        seed=_integer(body, "seed", None, minimum=-(2**63), maximum=2**64 - 1),  # torch's seed range
+        stop=_stop(body.get("stop")),
+        budget=_integer(body, "budget", None, minimum=1),
+    )
+    try:
+        config = GenerationConfig(**fields)
+    except ValueError as err:  # anything the checks above let through
+        raise invalid(None, str(err)) from None
+    return GenRequest(kind, prompt, chat, config, method, stream, bool(options.get("include_usage")))
+
+
+def _object(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_type")
+    return body
+
+
+def _check_model(model: Any, names: tuple[str, ...]) -> None:
+    if model is None:
+        return  # a missing model means the served one
+    if not isinstance(model, str) or model not in names:
+        raise APIError(
+            404, f"the model {model!r} does not exist; this server serves {' or '.join(map(repr, names))}",
+            param="model", code="model_not_found",
+        )
+
+
+def _check_unsupported(body: dict) -> None:
+    for name, neutral in NEUTRAL.items():
+        value = body.get(name)
+        if value is not None and not any(
+            value == n and isinstance(value, bool) == isinstance(n, bool) for n in neutral
+        ):
+            raise invalid(name, f"{name}={value!r} is not supported by this server", "unsupported_parameter")
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid(name, f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _integer(
+    body: dict, name: str, default: int | None, minimum: int | None = None, maximum: int | None = None
+) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(name, f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise invalid(name, f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise invalid(name, f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def _number(
+    body: dict, name: str, default: float, low: float, high: float, expected: str, open_low: bool = False
+) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise invalid(name, f"{name} must be a number {expected}, got {value!r}")
+    if value < low or value > high or (open_low and value == low):
+        raise invalid(name, f"{name} must be {expected}, got {value!r}")
+    return float(value)
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise invalid("stop", f"stop must be a non-empty string or a list of them, got {value!r}")
+    return tuple(stops)
+
+
+def _prompt(value: Any) -> str | list[int]:
+    """A string, a list of token ids, or a list holding exactly one of those."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
+        value = value[0]
+    if isinstance(value, str):
+        if not value.strip():
+            raise invalid("prompt", "the prompt is empty; pass some text to continue")
+        return value
+    if isinstance(value, list) and value and all(type(t) is int and t >= 0 for t in value):
+        return list(value)
+    if isinstance(value, list) and len(value) > 1 and all(isinstance(p, (str, list)) for p in value):
+        raise invalid("prompt", "this server takes one prompt per request; send the prompts separately")
+    raise invalid("prompt", "prompt must be a non-empty string or a list of token ids")
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise invalid("messages", "messages must be a non-empty list of {role, content} objects")
+    out = []
+    for i, message in enumerate(value):
+        param = f"messages[{i}]"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not message["role"]:
+            raise invalid(param, f"{param} must be an object with a string role and a content")
+        role = "system" if message["role"] == "developer" else message["role"]
+        out.append({"role": role, "content": _content(message.get("content"), param)})
+    if not any(m["content"].strip() for m in out):
+        raise invalid("messages", "the messages are empty; pass some text to continue")
+    return out
+
+
+def _content(content: Any, param: str) -> str:
+    """A message's text: a string, null, or a list of {"type": "text", "text": ...} parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise invalid(f"{param}.content", "only text content parts are supported",
+                              "unsupported_parameter")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise invalid(f"{param}.content", "content must be a string or a list of text parts")
+
+
+def parse_json(raw: bytes) -> Any:
+    """The request body as JSON; NaN and Infinity are refused like any other malformed JSON."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(raw, parse_constant=refuse)
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise APIError(400, f"the request body is not valid JSON: {err}", code="invalid_json") from None

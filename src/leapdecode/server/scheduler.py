@@ -1,0 +1,137 @@
+"""One engine, one KV cache: requests run strictly one at a time on a single worker thread.
+
+    job = scheduler.submit(work)     # QueueFull when max_queue jobs already wait
+    kind, value = await job.next()   # events the work emits from the worker thread
+    job.cancel()                     # leave the queue now, or stop at the work's next check
+
+`work(job)` runs on the worker thread and reports through `job.emit(kind, value)`, which hands
+each event to the event loop with `call_soon_threadsafe`; it should look at `job.cancelled`
+between decoding steps. The scheduler knows nothing about engines: app.py supplies the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+
+class QueueFull(Exception):
+    """The bounded queue has no free place; the server answers 429."""
+
+
+class Job:
+    """One request's passage through the worker."""
+
+    def __init__(self, work: Callable[["Job"], None], loop: asyncio.AbstractEventLoop):
+        self.work = work
+        self._loop = loop
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._cancel = threading.Event()
+        self._on_cancel: Callable[[Job], None] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Drop the job from the queue, or ask the running work to stop at its next check."""
+        if not self._cancel.is_set():
+            self._cancel.set()
+            if self._on_cancel is not None:
+                self._on_cancel(self)
+
+    def emit(self, kind: str, value: Any = None) -> None:
+        """Send an event to the waiting request handler (safe from any thread)."""
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is closed: the server is gone, nobody listens
+            self._cancel.set()
+
+    async def next(self) -> tuple[str, Any]:
+        return await self._events.get()
+
+    def run(self) -> None:
+        """Called on the worker thread; errors become an "error" event."""
+        if self.cancelled:
+            return
+        try:
+            self.work(self)
+        except Exception as err:  # reported to the handler, which turns it into a response
+            self.emit("error", err)
+
+
+class Scheduler:
+    """A bounded wait queue in front of a single worker thread."""
+
+    def __init__(self, max_queue: int = 64):
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+            raise ValueError(f"max_queue must be an integer >= 1, got {max_queue!r}")
+        self.max_queue = max_queue
+        self._waiting: deque[Job] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.running: Job | None = None
+        # lifetime counters: every submitted job ends as exactly one of run or dropped
+        self.submitted = self.started = self.dropped = 0
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting (not counting the running one)."""
+        return len(self._waiting)
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leapdecode-worker")
+        self._task = asyncio.create_task(self._serve())
+
+    async def stop(self) -> None:
+        """Cancel every job, let the running one reach its next check, and end the worker."""
+        for job in list(self._waiting):
+            job.cancel()
+        if self.running is not None:
+            self.running.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+
+    def submit(self, work: Callable[[Job], None]) -> Job:
+        if self._wake is None:
+            raise RuntimeError("the scheduler is not started; await scheduler.start() first")
+        if len(self._waiting) >= self.max_queue:
+            raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry later")
+        job = Job(work, asyncio.get_running_loop())
+        job._on_cancel = self._drop
+        self._waiting.append(job)
+        self.submitted += 1
+        self._wake.set()
+        return job
+
+    def _drop(self, job: Job) -> None:
+        """A cancelled job leaves the queue at once, freeing its place (event loop thread)."""
+        try:
+            self._waiting.remove(job)
+        except ValueError:
+            return  # it is running or done
+        self.dropped += 1
+        job.emit("cancelled")
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while True:
+            while not self._waiting:
+                self._wake.clear()
+                await self._wake.wait()
+            job = self._waiting.popleft()
+            self.started += 1
+            self.running = job
+            try:
+                await loop.run_in_executor(self._executor, job.run)
+            finally:
+                self.running = None
