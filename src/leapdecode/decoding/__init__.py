@@ -1,0 +1,77 @@
+"""Several outputs from one call: beam search, diverse beam search, superposed decoding.
+
+    from leapdecode.decoding import decode
+    outs = decode(engine, "Name a fruit.", "diverse-beam", num_beams=4, diversity=0.5,
+                  max_new_tokens=32)
+    for out in outs:                  # best first
+        print(out.score, out.text)    # out.token_ids: the new tokens
+
+Modes (one module each):
+- "beam": beam search with transformers' semantics, beams sharing the prompt's KV cache (beam.py)
+- "diverse-beam": G groups with a Hamming or n-gram diversity penalty (diverse_beam.py)
+- "superposed": k drafts from one forward pass per step (superposed.py)
+- "sample": k independent samples in one batch, the baseline (sample.py)
+
+Every mode takes max_new_tokens, num_beams (the beams, groups' beams, drafts or samples) and
+num_return_sequences (default: all of them); see each config class for the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+from .beam import BeamConfig, beam_search
+from .diverse_beam import DiverseBeamConfig, diverse_beam_search
+from .outputs import Output
+from .sample import SampleConfig, sample_k
+from .superposed import SuperposedConfig, superposed_decode
+
+
+def _beam(engine: Any, ids: list[int], **options: Any) -> list[Output]:
+    return beam_search(engine, ids, _config(BeamConfig, "beam", options))
+
+
+def _diverse(engine: Any, ids: list[int], **options: Any) -> list[Output]:
+    return diverse_beam_search(engine, ids, _config(DiverseBeamConfig, "diverse-beam", options))
+
+
+def _superposed(engine: Any, ids: list[int], corpus: Sequence[Sequence[int]] = (), **options: Any) -> list[Output]:
+    if "num_beams" in options:
+        options["num_drafts"] = options.pop("num_beams")
+    return superposed_decode(engine, ids, _config(SuperposedConfig, "superposed", options), corpus)
+
+
+def _sample(engine: Any, ids: list[int], **options: Any) -> list[Output]:
+    k = options.pop("num_beams", None)
+    n = options.pop("num_return_sequences", None)
+    options["num_samples"] = n or k or SampleConfig.num_samples
+    return sample_k(engine, ids, _config(SampleConfig, "sample", options))
+
+
+MODES: dict[str, Callable[..., list[Output]]] = {
+    "beam": _beam,
+    "diverse-beam": _diverse,
+    "superposed": _superposed,
+    "sample": _sample,
+}
+
+
+def _config(cls: type, mode: str, options: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(f"mode {mode!r} takes no option {', '.join(unknown)}; its options: {', '.join(sorted(names))}")
+    return cls(**options)
+
+
+def decode(engine: Any, prompt: str | Sequence[int] | Sequence[dict], mode: str = "beam",
+           chat: bool = True, **options: Any) -> list[Output]:
+    """Decode `prompt` with a multi-output mode; returns Outputs best first."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    return MODES[mode](engine, engine.encode(prompt, chat), **options)
+
+
+__all__ = ["BeamConfig", "DiverseBeamConfig", "MODES", "Output", "SampleConfig", "SuperposedConfig",
+           "beam_search", "decode", "diverse_beam_search", "sample_k", "superposed_decode"]
