@@ -1,0 +1,246 @@
+"""Methods under test: this project's drafters and the peers, behind one small interface.
+
+Every runner takes the same prompt token ids and the same max_new_tokens, decodes greedily,
+stops on the same EOS ids (keeping the EOS token, as the engine does) and reports the new
+token ids, the number of target forward passes that emitted tokens (`steps`) and the wall time.
+
+    runner.generate(prompt_ids, max_new_tokens) -> Output(token_ids, steps, wall_s)
+
+Peers:
+- `hf-greedy`, `hf-prompt-lookup`, `hf-assisted`: transformers' own `generate` on the very model
+  object the engine uses (`prompt_lookup_num_tokens=10`, or `assistant_model=` a draft model).
+  Steps are counted with a forward hook on the target model.
+- `llamacpp-greedy`, `llamacpp-prompt-lookup`: llama-cpp-python on the GGUF file the model was
+  converted from (quantized weights, another numeric backend), greedy sampling (temperature 0),
+  the second with `LlamaPromptLookupDecoding(num_pred_tokens=10)` as its draft model. Steps are
+  llama.cpp `eval` calls: one for the prompt, then one per draft.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..drafters import DRAFTERS
+
+PROMPT_LOOKUP_TOKENS = 10
+
+# peer method -> its family; a family's greedy run is the reference for `identical_to_own_greedy`
+PEERS: dict[str, str] = {
+    "hf-greedy": "hf",
+    "hf-prompt-lookup": "hf",
+    "hf-assisted": "hf",
+    "llamacpp-greedy": "llamacpp",
+    "llamacpp-prompt-lookup": "llamacpp",
+}
+PEER_OPTIONS = {  # as recorded in results.json
+    "hf-greedy": "model.generate(do_sample=False)",
+    "hf-prompt-lookup": f"model.generate(do_sample=False, prompt_lookup_num_tokens={PROMPT_LOOKUP_TOKENS})",
+    "hf-assisted": "model.generate(do_sample=False, assistant_model=DRAFT)",
+    "llamacpp-greedy": "Llama(logits_all=False).generate(temp=0, top_k=1)",
+    "llamacpp-prompt-lookup": "Llama(logits_all=True, draft_model=LlamaPromptLookupDecoding("
+                              f"num_pred_tokens={PROMPT_LOOKUP_TOKENS})).generate(temp=0, top_k=1)",
+}
+FAMILY_GREEDY = {"leapdecode": "none", "hf": "hf-greedy", "llamacpp": "llamacpp-greedy"}
+# optional package (import name) -> how to install it
+OPTIONAL_PACKAGES = {
+    "llama_cpp": "pip install 'leapdecode[llamacpp]' "
+                 "(or: CMAKE_ARGS=\"-DGGML_NATIVE=ON\" pip install llama-cpp-python==0.3.36)",
+}
+PEER_PACKAGES = {"llamacpp-greedy": "llama_cpp", "llamacpp-prompt-lookup": "llama_cpp"}
+
+
+def all_methods() -> list[str]:
+    return [*DRAFTERS, *PEERS]
+
+
+def family(method: str) -> str:
+    return PEERS.get(method, "leapdecode")
+
+
+def own_greedy(method: str) -> str:
+    """The greedy method of `method`'s family (`none` for this project's drafters)."""
+    return FAMILY_GREEDY[family(method)]
+
+
+def has_package(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def check_methods(methods: Sequence[str], draft_model: str | None,
+                  available: Callable[[str], bool] | None = None) -> None:
+    """Raise ValueError for an unknown method, a missing draft model or a missing package
+    (`available(import_name)` says whether a package is installed; default: has_package)."""
+    available = available or has_package
+    known = all_methods()
+    for method in methods:
+        if method not in known:
+            raise ValueError(f"unknown method {method!r}; choose from: {', '.join(known)}")
+    if "hf-assisted" in methods and not draft_model:
+        raise ValueError("method 'hf-assisted' needs a draft model: add --draft-model NAME")
+    for method in methods:
+        package = PEER_PACKAGES.get(method)
+        if package and not available(package):
+            raise ValueError(
+                f"method {method!r} needs the optional package {package!r}; install it with: "
+                f"{OPTIONAL_PACKAGES[package]}"
+            )
+
+
+@dataclass
+class Output:
+    token_ids: list[int]
+    steps: int | None
+    wall_s: float
+
+
+def cut_at_eos(tokens: Iterable[int], eos_ids: set[int], limit: int) -> list[int]:
+    """The first `limit` tokens, ending after the first EOS token if there is one."""
+    out: list[int] = []
+    for token in tokens:
+        if len(out) >= limit:
+            break
+        out.append(int(token))
+        if token in eos_ids:
+            break
+    return out
+
+
+class EngineRunner:
+    """One of this project's drafters, run by the engine."""
+
+    def __init__(self, engine: Any, method: str, budget: int | None = None):
+        self.engine, self.name, self.budget = engine, method, budget
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Output:
+        from ..config import GenerationConfig
+
+        config = GenerationConfig(max_new_tokens=max_new_tokens, budget=self.budget)
+        start = time.perf_counter()
+        result = self.engine.generate(prompt_ids, config, self.name)
+        wall = time.perf_counter() - start
+        return Output(list(result.token_ids), result.stats.steps, wall)
+
+
+class HFRunner:
+    """transformers' `generate` on the engine's own model object, greedy."""
+
+    def __init__(self, name: str, model: Any, eos_ids: set[int], **options: Any):
+        self.name, self.model, self.eos_ids, self.options = name, model, set(eos_ids), options
+        pad = getattr(model.generation_config, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else min(self.eos_ids)
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Output:
+        import torch
+
+        ids = torch.tensor([prompt_ids], device=self.model.device)  # [1, n]
+        calls = [0]
+        hook = self.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        try:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = self.model.generate(
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                    do_sample=False, eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+                    **self.options,
+                )  # [1, n + new]
+            wall = time.perf_counter() - start
+        finally:
+            hook.remove()
+        tokens = cut_at_eos(out[0, len(prompt_ids):].tolist(), self.eos_ids, max_new_tokens)
+        return Output(tokens, calls[0], wall)
+
+
+class LlamaCppRunner:
+    """llama-cpp-python on a GGUF file, greedy (temperature 0), optionally with prompt lookup."""
+
+    def __init__(self, name: str, gguf: Path, eos_ids: set[int], threads: int, n_ctx: int,
+                 prompt_lookup: bool = False):
+        from llama_cpp import Llama
+
+        self.name, self.eos_ids = name, set(eos_ids)
+        self.drafts = _counting_prompt_lookup() if prompt_lookup else None
+        # With a draft model, llama-cpp-python keeps the logits of every position whatever
+        # `logits_all` says, but sizes its logits buffer by `logits_all`: False there breaks
+        # prompts longer than one batch (512 tokens), so say True.
+        self.llama = Llama(
+            model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
+            logits_all=prompt_lookup, draft_model=self.drafts, verbose=False,
+        )
+        self.n_ctx = n_ctx
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Output:
+        if len(prompt_ids) + max_new_tokens > self.n_ctx:
+            raise ValueError(
+                f"{self.name}: a prompt of {len(prompt_ids)} tokens + {max_new_tokens} new tokens does "
+                f"not fit llama.cpp's context of {self.n_ctx}"
+            )
+        self.llama.reset()  # no reuse of a cached prompt prefix: every run prefills in full
+        if self.drafts is not None:
+            self.drafts.calls = 0
+        tokens: list[int] = []
+        start = time.perf_counter()
+        for token in self.llama.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0,
+                                         repeat_penalty=1.0, reset=True):
+            tokens.append(int(token))
+            if token in self.eos_ids or len(tokens) >= max_new_tokens:
+                break
+        wall = time.perf_counter() - start
+        # greedy: one eval per token; prompt lookup: the prompt's eval, then one per draft
+        steps = len(tokens) if self.drafts is None else 1 + self.drafts.calls
+        return Output(tokens, steps, wall)
+
+
+def _counting_prompt_lookup() -> Any:
+    """llama-cpp-python's prompt-lookup draft model (num_pred_tokens=10), counting its calls."""
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    class CountingPromptLookup(LlamaPromptLookupDecoding):
+        calls = 0
+
+        def __call__(self, input_ids: Any, /, **kwargs: Any) -> Any:
+            self.calls += 1
+            return super().__call__(input_ids, **kwargs)
+
+    return CountingPromptLookup(num_pred_tokens=PROMPT_LOOKUP_TOKENS)
+
+
+@dataclass
+class Setup:
+    """What the runners share: the engine (its model, tokenizer and EOS ids) and the options."""
+
+    engine: Any
+    budget: int | None = None  # draft tokens per step for this project's drafters
+    draft_model: Any = None  # a loaded transformers model, for hf-assisted
+    gguf: Path | None = None  # the model's GGUF file, for the llama.cpp peers
+    threads: int = 2
+    n_ctx: int = 4096  # llama.cpp context size
+
+
+def _llamacpp(name: str, setup: Setup, prompt_lookup: bool) -> LlamaCppRunner:
+    if setup.gguf is None:
+        raise ValueError(f"method {name!r} needs the model's GGUF file: pass a packaged model or a .gguf")
+    return LlamaCppRunner(name, setup.gguf, setup.engine.eos_ids, setup.threads, setup.n_ctx, prompt_lookup)
+
+
+PEER_RUNNERS: dict[str, Callable[[Setup], Any]] = {
+    "hf-greedy": lambda s: HFRunner("hf-greedy", s.engine.target.model, s.engine.eos_ids),
+    "hf-prompt-lookup": lambda s: HFRunner("hf-prompt-lookup", s.engine.target.model, s.engine.eos_ids,
+                                           prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS),
+    "hf-assisted": lambda s: HFRunner("hf-assisted", s.engine.target.model, s.engine.eos_ids,
+                                      assistant_model=s.draft_model),
+    "llamacpp-greedy": lambda s: _llamacpp("llamacpp-greedy", s, prompt_lookup=False),
+    "llamacpp-prompt-lookup": lambda s: _llamacpp("llamacpp-prompt-lookup", s, prompt_lookup=True),
+}
+assert set(PEER_RUNNERS) == set(PEERS)
+
+
+def build_runners(methods: Sequence[str], setup: Setup) -> list[Any]:
+    """Runners for `methods`, in order."""
+    return [
+        EngineRunner(setup.engine, m, setup.budget) if m in DRAFTERS else PEER_RUNNERS[m](setup)
+        for m in methods
+    ]
