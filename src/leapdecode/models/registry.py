@@ -58,10 +58,20 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=getattr(torch, dtype), local_files_only=True
-    ).to(device)
+    # a converted directory loads in a fraction of a second: no progress bar on stderr, which
+    # would otherwise precede the one-line errors of the CLI
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=getattr(torch, dtype), local_files_only=True
+        ).to(device)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     return model.eval(), tokenizer
 
 
