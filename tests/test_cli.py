@@ -38,6 +38,13 @@ def test_generate_json_matches_api(engine, reference):
         (["generate", "--top-p", "0", "hi"], "top_p"),
         (["generate", "--budget", "0", "hi"], "budget"),
         (["generate", "--opt", "nokey", "hi"], "KEY=VALUE"),
+        (["generate", "--draft-model", "qwen2.5-coder-0.5b", "hi"], "--draft-model goes with --method draft-model"),
+        (["generate", "--method", "draft-model", "--draft-model", "nope", "hi"], "unknown model 'nope'"),
+        (["generate", "--method", "draft-model", "hi"], "--draft-model NAME"),
+        (["generate", "--mode", "beam", "--num-beams", "0", "hi"], "num_beams"),
+        (["generate", "--mode", "diverse-beam", "--num-beams", "4", "--beam-groups", "3", "hi"], "divide"),
+        (["generate", "--mode", "beam", "--num-beams", "2", "-n", "3", "hi"], "num_return_sequences"),
+        (["generate", "--mode", "diverse-beam", "--diversity", "-1", "hi"], "diversity"),
     ],
 )
 def test_bad_input_exit_2_without_traceback(args, message):
@@ -46,6 +53,23 @@ def test_bad_input_exit_2_without_traceback(args, message):
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_without_a_gpu():
+    done = run("generate", "--device", "cuda", "hi")
+    assert done.returncode == 2 and "needs an NVIDIA GPU" in done.stderr and "--device cpu" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_beam_mode_json(engine):
+    done = run("generate", "--mode", "beam", "--num-beams", "2", "--max-new-tokens", "8", "--json",
+               "--threads", "2", "Name a fruit.")
+    assert done.returncode == 0, done.stderr
+    outputs = json.loads(done.stdout)["outputs"]
+    assert len(outputs) == 2 and outputs[0]["score"] >= outputs[1]["score"]
+    for out in outputs:
+        assert out["text"] == engine.tokenizer.decode(out["token_ids"], skip_special_tokens=True)
 
 
 def test_too_long_prompt_in_process(capsys):

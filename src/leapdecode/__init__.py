@@ -17,13 +17,49 @@ from .engine import Engine, Generation, Stats
 __version__ = "0.1.0"
 
 
-def load(model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu") -> Engine:
-    """An Engine over a packaged model name, a transformers directory or a GGUF file."""
+DEVICES = ("cpu", "cuda")
+BACKENDS = ("transformers", "llamacpp")
+
+
+def load(model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu",
+         max_len: int = 4096, backend: str = "transformers") -> Engine:
+    """An Engine over a packaged model name, a transformers directory or a GGUF file.
+
+    On "cuda" the target is a StaticTarget (static KV cache, verification passes replayed as
+    CUDA graphs; `max_len` bounds prompt plus output); on "cpu" an HFTarget.
+
+    backend "llamacpp" runs a GGUF model (a packaged name or a .gguf file) with llama.cpp on the
+    CPU instead, in the file's own quantization, with torch.get_num_threads() threads and a
+    context of `max_len` tokens.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "llamacpp":
+        return _load_llamacpp(model, dtype, device, max_len)
     from .models.hf import HFTarget
     from .models.registry import load_model
 
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    if device == "cuda":
+        from .models.cuda import StaticTarget, require_cuda
+
+        require_cuda(device)  # before loading anything
+        hf_model, tokenizer = load_model(model, dtype, device)
+        return Engine(StaticTarget(hf_model, max_len=max_len), tokenizer, name=model)
     hf_model, tokenizer = load_model(model, dtype, device)
     return Engine(HFTarget(hf_model), tokenizer, name=model)
+
+
+def _load_llamacpp(model: str, dtype: str, device: str, max_len: int) -> Engine:
+    from .models.llamacpp import load_llamacpp
+
+    if device != "cpu":
+        raise ValueError(f"--backend llamacpp runs on the CPU, not {device!r}; drop --device")
+    if dtype != "float32":
+        raise ValueError(f"--dtype {dtype} does not apply to --backend llamacpp (it computes in the "
+                         "GGUF file's own quantization); drop --dtype")
+    return load_llamacpp(model, n_ctx=max_len)
 
 
 def generate(prompt: str | Sequence[int], model: str = "smollm2-135m", method: str = "prompt-lookup",

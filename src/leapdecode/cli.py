@@ -49,6 +49,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="packaged name, transformers dir or .gguf file")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: static KV cache and verification passes replayed as CUDA graphs")
 
 
 def _add_generate(sub: Any) -> None:
@@ -60,6 +62,8 @@ def _add_generate(sub: Any) -> None:
                    help="draft tokens per step, or 'auto' to size drafts by measured pass cost (default: the drafter's)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a drafter option, e.g. --opt store=corpus.npz (repeatable)")
+    p.add_argument("--draft-model", default=None, metavar="NAME",
+                   help="the draft model of --method draft-model (packaged name, directory or .gguf)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -68,6 +72,9 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from .decoding.cli import add_mode_args
+
+    add_mode_args(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -80,15 +87,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .config import GenerationConfig
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise UsageError("the prompt is empty; pass some text to continue")
+    if args.mode != "speculative":
+        from .decoding.cli import mode_options, run_mode
+
+        mode_options(args)  # check the flags before the model loads
+        run_mode(args, _load(args), prompt)
+        return 0
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), budget=args.budget,
     )
     if args.method not in DRAFTERS:
         raise UsageError(f"unknown method {args.method!r}; choose one of: {', '.join(DRAFTERS)}")
-    if not prompt.strip():
-        raise UsageError("the prompt is empty; pass some text to continue")
     options = parse_options(args.opt)
+    if args.draft_model is not None:
+        if args.method != "draft-model":
+            raise UsageError(f"--draft-model goes with --method draft-model, not {args.method!r}")
+        options["model"] = args.draft_model
     engine = _load(args)
     stream = engine.stream(prompt, config, args.method, chat=not args.raw, **options)
     for delta in stream:
@@ -127,7 +144,7 @@ def _load(args: argparse.Namespace) -> Any:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    return load(args.model, args.dtype)
+    return load(args.model, args.dtype, args.device)
 
 
 COMMANDS: list[Callable[[Any], None]] = [_add_generate, _add_models]
@@ -138,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
-    for extra in ("bench", "index", "serve"):
+    for extra in ("bench", "diversity", "index", "serve"):
         _try_add(extra, sub)
     return parser
 
@@ -147,7 +164,8 @@ def _try_add(name: str, sub: Any) -> None:
     """Sub-commands that live in their own modules register through an `add_parser` there."""
     import importlib
 
-    module = {"bench": ".bench.cli", "index": ".drafters.index_cli", "serve": ".server.cli"}[name]
+    module = {"bench": ".bench.cli", "diversity": ".decoding.bench", "index": ".drafters.index_cli",
+              "serve": ".server.cli"}[name]
     try:
         importlib.import_module(module, __package__).add_parser(sub)
     except ModuleNotFoundError as err:

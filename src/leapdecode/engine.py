@@ -133,6 +133,7 @@ class Engine:
         """An iterator of text deltas; `.result` holds the Generation once it is exhausted."""
         config = config or GenerationConfig()
         drafter = make_drafter(method, **options)
+        drafter.configure(config.sampling, self)
         ids = self.encode(prompt, chat)
         if len(ids) >= self.target.context_window:
             raise ValueError(

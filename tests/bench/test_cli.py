@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import leapdecode
 import leapdecode.models.registry
@@ -61,6 +62,10 @@ def bad_file(tmp_path, text):
         (["--warmup", "-1"], "--warmup must be >= 0"),
         (["--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["--methods", "none,hf-assisted", "--draft-model", "nope"], "unknown model 'nope' for --draft-model"),
+        (["--methods", "none,draft-model"], "'draft-model' needs a draft model for 'smollm2-135m'"),
+        (["--methods", "none,draft-model:length=2", "--draft-model", "nope"], "unknown model 'nope'"),
+        (["--methods", "none,hf-greedy:k=2"], "options after ':' are for this project's drafters"),
+        (["--methods", "none,warp:k=2"], "unknown method 'warp'"),
     ],
 )
 def test_bad_arguments(capsys, tmp_path, qfile, no_model_loads, extra, message):
@@ -117,3 +122,28 @@ def test_real_command_exit_code(tmp_path, argv, message):
     assert proc.returncode == 2
     assert message in proc.stderr and proc.stderr.count("\n") == 1
     assert proc.stdout == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_without_a_gpu(capsys, tmp_path, qfile, no_model_loads):
+    code, err = bench(capsys, "--questions", str(qfile), "--out", str(tmp_path / "o"), "--device", "cuda")
+    assert code == 2 and "needs an NVIDIA GPU" in err and err.count("\n") == 1
+
+
+def test_split_method():
+    assert runners.split_method("none") == ("none", {})
+    assert runners.split_method("draft-model:length=auto:tree_width=2") == (
+        "draft-model", {"length": "auto", "tree_width": 2})
+
+
+def test_engine_runner_passes_method_options():
+    class FakeEngine:
+        def generate(self, ids, config, method, **options):
+            self.call = (method, options, config.budget)
+            return type("G", (), {"token_ids": [1], "stats": type("S", (), {"steps": 1})()})()
+
+    engine = FakeEngine()
+    setup = runners.Setup(engine, budget=3, draft_name="qwen2.5-coder-0.5b", dtype="bfloat16")
+    runner = runners.build_runners(["draft-model:length=2"], setup)[0]
+    runner.generate([5, 6], 4)
+    assert engine.call == ("draft-model", {"model": "qwen2.5-coder-0.5b", "dtype": "bfloat16", "length": 2}, 3)

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from ..cli import budget_arg
 from .questions import Question, default_questions_path, load_questions, round_robin, select_questions
-from .runners import PEER_OPTIONS, all_methods, check_methods, family, has_package, own_greedy
+from .runners import PEER_OPTIONS, all_methods, check_methods, family, has_package, own_greedy, split_method
 
 DEFAULT_METHODS = "none,prompt-lookup"
 
@@ -35,7 +35,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--baseline", default="none", help="method the speedup and `identical` refer to (default: none)")
     p.add_argument("--model", default="smollm2-135m", help="packaged name, transformers dir or .gguf file")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--draft-model", default=None, help="draft model for hf-assisted (same tokenizer)")
+    p.add_argument("--draft-model", default=None,
+                   help="draft model for draft-model (any tokenizer) and hf-assisted (same tokenizer)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: this project's engine runs compiled CUDA-graph passes")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit-per-category", type=int, default=None, metavar="K",
                    help="the first K questions of each subtask")
@@ -98,8 +101,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if not has_package("matplotlib"):
         raise ValueError("the bench plots need matplotlib; install it with: pip install 'leapdecode[bench]'")
     check_model(args.model, "--model", need_gguf=any(family(m) == "llamacpp" for m in methods))
-    if "hf-assisted" in methods:
+    if args.draft_model is not None:
         check_model(args.draft_model, "--draft-model")
+    elif any(split_method(m)[0] == "draft-model" and "model" not in split_method(m)[1] for m in methods):
+        from ..drafters.draft_model import DEFAULT_DRAFTS
+
+        if args.model not in DEFAULT_DRAFTS:
+            raise ValueError(f"method 'draft-model' needs a draft model for {args.model!r}: add --draft-model NAME")
+    if args.device == "cuda":
+        from ..models.cuda import require_cuda
+
+        require_cuda()
     questions_file = Path(args.questions) if args.questions else default_questions_path()
     categories = _split(args.categories, "--categories") if args.categories is not None else None
     questions = select_questions(load_questions(questions_file), categories, args.limit_per_category)
@@ -159,12 +171,12 @@ def run(plan: Plan) -> dict[str, Any]:
     args, methods = plan.args, plan.methods
     torch.set_num_threads(args.threads)
     machine = machine_info()
-    engine = leapdecode.load(args.model, args.dtype)
-    setup = Setup(engine, budget=args.budget, threads=args.threads)
+    engine = leapdecode.load(args.model, args.dtype, args.device)
+    setup = Setup(engine, budget=args.budget, threads=args.threads, draft_name=args.draft_model, dtype=args.dtype)
     if "hf-assisted" in methods:
         from ..models.registry import load_model
 
-        setup.draft_model = load_model(args.draft_model, args.dtype)[0]
+        setup.draft_model = load_model(args.draft_model, args.dtype, args.device)[0]
     if any(family(m) == "llamacpp" for m in methods):
         setup.gguf = gguf_file(args.model)
         needed = context_needed(engine, plan.questions, args.max_new_tokens)
@@ -212,7 +224,8 @@ def settings(plan: Plan, engine: Any, setup: Any, finished: list[Question]) -> d
     for q in finished:
         subtasks[q.subtask] = subtasks.get(q.subtask, 0) + 1
     command = ["leapdecode", "bench", "--methods", ",".join(plan.methods), "--baseline", plan.baseline,
-               "--model", args.model, "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens),
+               "--model", args.model, "--dtype", args.dtype, "--device", args.device,
+               "--max-new-tokens", str(args.max_new_tokens),
                "--repeat", str(args.repeat), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     for flag, value in (("--questions", args.questions), ("--limit-per-category", args.limit_per_category),
                         ("--categories", args.categories), ("--budget", args.budget),
@@ -223,6 +236,7 @@ def settings(plan: Plan, engine: Any, setup: Any, finished: list[Question]) -> d
     return {
         "model": args.model,
         "dtype": args.dtype,
+        "device": args.device,
         "draft_model": args.draft_model,
         "methods": plan.methods,
         "baseline": plan.baseline,

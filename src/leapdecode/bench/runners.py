@@ -7,8 +7,9 @@ token ids, the number of target forward passes that emitted tokens (`steps`) and
     runner.generate(prompt_ids, max_new_tokens) -> Output(token_ids, steps, wall_s)
 
 Peers:
-- `hf-greedy`, `hf-prompt-lookup`, `hf-assisted`: transformers' own `generate` on the very model
-  object the engine uses (`prompt_lookup_num_tokens=10`, or `assistant_model=` a draft model).
+- `hf-greedy`, `hf-static`, `hf-prompt-lookup`, `hf-assisted`: transformers' own `generate` on the
+  very model object the engine uses (dynamic cache; `cache_implementation="static"`, which
+  transformers compiles on a GPU; `prompt_lookup_num_tokens=10`; `assistant_model=` a draft model).
   Steps are counted with a forward hook on the target model.
 - `llamacpp-greedy`, `llamacpp-prompt-lookup`: llama-cpp-python on the GGUF file the model was
   converted from (quantized weights, another numeric backend), greedy sampling (temperature 0),
@@ -31,6 +32,7 @@ PROMPT_LOOKUP_TOKENS = 10
 # peer method -> its family; a family's greedy run is the reference for `identical_to_own_greedy`
 PEERS: dict[str, str] = {
     "hf-greedy": "hf",
+    "hf-static": "hf",
     "hf-prompt-lookup": "hf",
     "hf-assisted": "hf",
     "llamacpp-greedy": "llamacpp",
@@ -38,6 +40,7 @@ PEERS: dict[str, str] = {
 }
 PEER_OPTIONS = {  # as recorded in results.json
     "hf-greedy": "model.generate(do_sample=False)",
+    "hf-static": "model.generate(do_sample=False, cache_implementation='static')",
     "hf-prompt-lookup": f"model.generate(do_sample=False, prompt_lookup_num_tokens={PROMPT_LOOKUP_TOKENS})",
     "hf-assisted": "model.generate(do_sample=False, assistant_model=DRAFT)",
     "llamacpp-greedy": "Llama(logits_all=False).generate(temp=0, top_k=1)",
@@ -55,6 +58,20 @@ PEER_PACKAGES = {"llamacpp-greedy": "llama_cpp", "llamacpp-prompt-lookup": "llam
 
 def all_methods() -> list[str]:
     return [*DRAFTERS, *PEERS]
+
+
+def split_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """A method with drafter options after colons, so one run can compare settings:
+
+    >>> split_method("draft-model:length=2:tree_width=2")
+    ('draft-model', {'length': 2, 'tree_width': 2})
+    """
+    from ..cli import parse_options
+
+    name, *pairs = spec.split(":")
+    if pairs and name in PEERS:
+        raise ValueError(f"method {spec!r}: options after ':' are for this project's drafters, not {name!r}")
+    return name, parse_options(pairs)
 
 
 def family(method: str) -> str:
@@ -77,8 +94,9 @@ def check_methods(methods: Sequence[str], draft_model: str | None,
     available = available or has_package
     known = all_methods()
     for method in methods:
-        if method not in known:
-            raise ValueError(f"unknown method {method!r}; choose from: {', '.join(known)}")
+        name = split_method(method)[0]
+        if name not in known:
+            raise ValueError(f"unknown method {name!r}; choose from: {', '.join(known)}")
     if "hf-assisted" in methods and not draft_model:
         raise ValueError("method 'hf-assisted' needs a draft model: add --draft-model NAME")
     for method in methods:
@@ -112,15 +130,17 @@ def cut_at_eos(tokens: Iterable[int], eos_ids: set[int], limit: int) -> list[int
 class EngineRunner:
     """One of this project's drafters, run by the engine."""
 
-    def __init__(self, engine: Any, method: str, budget: int | None = None):
+    def __init__(self, engine: Any, method: str, budget: int | None = None, **options: Any):
         self.engine, self.name, self.budget = engine, method, budget
+        self.drafter, own = split_method(method)
+        self.options = {**options, **own}  # the method's own options win over the run's
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Output:
         from ..config import GenerationConfig
 
         config = GenerationConfig(max_new_tokens=max_new_tokens, budget=self.budget)
         start = time.perf_counter()
-        result = self.engine.generate(prompt_ids, config, self.name)
+        result = self.engine.generate(prompt_ids, config, self.drafter, **self.options)
         wall = time.perf_counter() - start
         return Output(list(result.token_ids), result.stats.steps, wall)
 
@@ -215,6 +235,8 @@ class Setup:
     engine: Any
     budget: int | None = None  # draft tokens per step for this project's drafters
     draft_model: Any = None  # a loaded transformers model, for hf-assisted
+    draft_name: str | None = None  # its name, for the draft-model drafter
+    dtype: str = "float32"
     gguf: Path | None = None  # the model's GGUF file, for the llama.cpp peers
     threads: int = 2
     n_ctx: int = 4096  # llama.cpp context size
@@ -230,6 +252,8 @@ PEER_RUNNERS: dict[str, Callable[[Setup], Any]] = {
     "hf-greedy": lambda s: HFRunner("hf-greedy", s.engine.target.model, s.engine.eos_ids),
     "hf-prompt-lookup": lambda s: HFRunner("hf-prompt-lookup", s.engine.target.model, s.engine.eos_ids,
                                            prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS),
+    "hf-static": lambda s: HFRunner("hf-static", s.engine.target.model, s.engine.eos_ids,
+                                    cache_implementation="static"),
     "hf-assisted": lambda s: HFRunner("hf-assisted", s.engine.target.model, s.engine.eos_ids,
                                       assistant_model=s.draft_model),
     "llamacpp-greedy": lambda s: _llamacpp("llamacpp-greedy", s, prompt_lookup=False),
@@ -240,7 +264,11 @@ assert set(PEER_RUNNERS) == set(PEERS)
 
 def build_runners(methods: Sequence[str], setup: Setup) -> list[Any]:
     """Runners for `methods`, in order."""
-    return [
-        EngineRunner(setup.engine, m, setup.budget) if m in DRAFTERS else PEER_RUNNERS[m](setup)
-        for m in methods
-    ]
+    return [PEER_RUNNERS[m](setup) if m in PEERS else _engine_runner(m, setup) for m in methods]
+
+
+def _engine_runner(method: str, setup: Setup) -> EngineRunner:
+    options: dict[str, Any] = {}
+    if split_method(method)[0] == "draft-model":
+        options = {"model": setup.draft_name, "dtype": setup.dtype}
+    return EngineRunner(setup.engine, method, setup.budget, **options)

@@ -17,6 +17,7 @@ DRAFTERS: dict[str, str] = {
     "ngram-adaptive": "ngram_adaptive:NgramAdaptiveDrafter",
     "retrieval": "retrieval:RetrievalDrafter",
     "auto": "auto:AutoDrafter",
+    "draft-model": "draft_model:DraftModelDrafter",
 }
 
 

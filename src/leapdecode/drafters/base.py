@@ -15,7 +15,7 @@ directly below the last committed token. A chain is a draft whose parents are No
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -85,6 +85,11 @@ class Drafter:
 
     name: str = "drafter"
     default_budget: int = 16  # draft nodes per step when the request does not say
+
+    def configure(self, sampling: Any, engine: Any) -> None:
+        """Called once per request before `reset`, with the request's SamplingParams and the
+        Engine: drafters that sample (and report q) or that need the target's tokenizer and
+        model (a draft model) set themselves up here. Default: nothing."""
 
     def reset(self, prompt: Sequence[int]) -> None:
         """Called once at the start of each request with the prompt's token ids."""

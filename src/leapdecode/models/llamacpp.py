@@ -1,0 +1,336 @@
+"""A llama.cpp target: the engine's forward / commit / trim over llama-cpp-python's C API.
+
+llama.cpp's KV cache is a set of cells; each cell holds one token's keys and values, its
+position and the set of sequence ids it belongs to. A token attends to the cells that share
+its sequence id and sit at a position no greater than its own. That is enough for tree
+attention in one `llama_decode`:
+
+- committed tokens live in sequence 0 at positions 0 .. length-1;
+- a chain draft is appended to sequence 0 (no copying at all);
+- a tree draft gives each root-to-leaf path its own sequence id 1 .. L. Before the pass every
+  committed cell is added to all L sequences (`llama_memory_seq_cp`, metadata only in a
+  unified cache); each input token carries the ids of all the leaves below it. Input j then
+  sees exactly the cache and its own ancestors, at position length + depth(j), which is the
+  tree mask the engine asks for.
+- `commit(keep)` adds the accepted path's cells to sequence 0 and keeps only sequence 0
+  (`llama_memory_seq_keep`): rejected cells are freed, the branch ids are gone.
+
+Example: inputs [root, a, b, c] with parents (-, root, a, root) are two paths, root-a-b
+(sequence 1) and root-c (sequence 2), so root carries {1, 2}, a and b {1}, c {2}.
+
+This needs `kv_unified=True` (one cell may belong to several sequences; with one buffer per
+sequence llama.cpp finds no slot for such a token) and `n_seq_max` > the number of leaves.
+
+    target = LlamaCppTarget("SmolLM2-135M-Instruct.Q4_1.gguf", threads=2)
+    engine = Engine(target, tokenizer)   # the same interface as HFTarget
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36'
+DEFAULT_N_CTX = 4096
+MAX_BRANCHES = 128  # leaves per draft tree: the engine's largest auto budget is 128 nodes
+GGUF_MAGIC = b"GGUF"
+
+
+def require_llama_cpp() -> ModuleType:
+    """The ctypes module `llama_cpp.llama_cpp`, or a ValueError that names the install command."""
+    try:
+        import llama_cpp.llama_cpp as lib
+        from llama_cpp import _logger
+    except ImportError as err:
+        raise ValueError(
+            f"the llamacpp backend needs the llama-cpp-python package ({err}); install it with: {INSTALL}"
+        ) from None
+    _logger.set_verbose(False)  # llama.cpp logs every tensor while loading; keep errors only
+    return lib
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+class _ModelInfo:
+    """What callers read from `target.model` when it is not a transformers model: the config's
+    eos id (for the engine's stop rule) and the parameter count (for size checks)."""
+
+    generation_config = None
+
+    def __init__(self, eos_id: int, vocab_size: int, n_ctx_train: int, n_params: int, desc: str):
+        eos = [eos_id] if eos_id >= 0 else []
+        self.config = SimpleNamespace(eos_token_id=eos, vocab_size=vocab_size,
+                                      max_position_embeddings=n_ctx_train)
+        self.n_params, self.desc = n_params, desc
+
+    def num_parameters(self) -> int:
+        return self.n_params
+
+    def parameters(self):
+        # one meta tensor: the right numel for `sum(p.numel() ...)`, no memory
+        yield torch.empty(self.n_params, device="meta")
+
+    def __repr__(self) -> str:
+        return f"llama.cpp model ({self.desc})"
+
+
+class LlamaCppTarget:
+    """A GGUF model run by llama.cpp, seen as: forward(tokens, depths, mask) -> logits, commit, trim."""
+
+    device = "cpu"
+
+    def __init__(self, gguf: str | Path, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX,
+                 max_branches: int = MAX_BRANCHES, flash_attn: bool = False):
+        """flash_attn: off by default, as in `llama_cpp.Llama`, so that single-token decoding here
+        runs the same kernels as llama-cpp-python's own `generate`."""
+        lib = self.lib = require_llama_cpp()
+        path = Path(gguf)
+        if not is_gguf(path):
+            raise ValueError(f"{path} is not a GGUF file: --backend llamacpp needs a GGUF model")
+        self.threads = int(threads or torch.get_num_threads())
+        lib.llama_backend_init()
+        self._model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        if not self._model:
+            raise ValueError(f"llama.cpp could not load {path}; is it a complete GGUF file?")
+        self._ctx = lib.llama_init_from_model(self._model, self._context_params(n_ctx, max_branches, flash_attn))
+        if not self._ctx:
+            lib.llama_model_free(self._model)
+            raise ValueError(f"llama.cpp could not create a context of {n_ctx} tokens for {path}")
+        self.n_batch = lib.llama_n_batch(self._ctx)
+        self.max_branches = max_branches
+        self._batch = lib.llama_batch_init(self.n_batch, 0, max_branches + 1)
+        self._finalizer = weakref.finalize(self, _free, lib, self._batch, self._ctx, self._model)
+        self._mem = lib.llama_get_memory(self._ctx)
+        vocab = lib.llama_model_get_vocab(self._model)
+        self.vocab_size = lib.llama_vocab_n_tokens(vocab)
+        self.context_window = lib.llama_n_ctx(self._ctx)
+        self.dtype = f"gguf/threads={self.threads}"  # a cache key part, not a torch dtype
+        self.model = _ModelInfo(lib.llama_vocab_eos(vocab), self.vocab_size,
+                                lib.llama_model_n_ctx_train(self._model),
+                                lib.llama_model_n_params(self._model), _describe(lib, self._model))
+        self.path = path
+        self.length = 0  # committed tokens in the cache, all in sequence 0
+        self._pending: _Pass | None = None
+
+    def _context_params(self, n_ctx: int, max_branches: int, flash_attn: bool) -> Any:
+        lib = self.lib
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_seq_max = max_branches + 1  # sequence 0 + one per leaf
+        params.kv_unified = True  # a cell shared by several branches needs one buffer for all
+        params.n_threads = params.n_threads_batch = self.threads
+        params.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.n_outputs_max = 0  # = n_batch: logits for every input of a pass
+        params.n_outputs_max_per_seq = 0  # = n_outputs_max (the default 1 is meant for sampling)
+        return params
+
+    def close(self) -> None:
+        """Free the llama.cpp context and model now (also done when the target is collected)."""
+        self._finalizer()
+
+    # ---- the target interface -----------------------------------------------------------
+    def reset(self) -> None:
+        self.lib.llama_memory_clear(self._mem, False)  # metadata only: cells become free
+        self.length = 0
+        self._pending = None
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Append and commit `tokens` (no logits: the engine feeds the last token later)."""
+        if self._pending is not None:
+            raise RuntimeError("commit() the previous forward before prefilling")
+        tokens = [int(t) for t in tokens]
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            self._fill(chunk, range(self.length, self.length + len(chunk)), None, logits=False)
+            self._decode(len(chunk))
+            self.length += len(chunk)
+
+    def forward(self, tokens: Sequence[int], depths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Run inputs at positions length + depths in ONE llama_decode. mask: [n, n] bool tree
+        mask (row j True on j's ancestors and j itself), None = a causal chain.
+
+        Returns float32 logits [n, vocab], row j = the distribution after input j.
+        """
+        if self._pending is not None:
+            raise RuntimeError("commit() the previous forward before running another")
+        tokens = [int(t) for t in tokens]
+        n = len(tokens)
+        if not 0 < n <= self.n_batch:
+            raise ValueError(f"a pass takes 1 to {self.n_batch} inputs, got {n}")
+        depths = [int(d) for d in depths]
+        seqs = None if mask is None else self._branch_seqs(mask)
+        if seqs is not None:
+            branches = max(ids[-1] for ids in seqs)
+            for s in range(1, branches + 1):
+                self.lib.llama_memory_seq_cp(self._mem, 0, s, -1, -1)  # the cache, seen by branch s
+        self._fill(tokens, [self.length + d for d in depths], seqs, logits=True)
+        self._decode(n)
+        self._pending = _Pass(depths, mask, seqs)
+        return self._logits(n)
+
+    def commit(self, keep: Sequence[int]) -> None:
+        """Keep the cells of inputs `keep` (ascending indices into the last forward, a path from
+        input 0, or empty); afterwards the cache holds exactly the committed tokens, in sequence 0."""
+        if self._pending is None:
+            raise RuntimeError("commit() needs a forward() first")
+        keep = [int(k) for k in keep]
+        self._pending.check_path(keep)
+        lib, start = self.lib, self.length
+        if self._pending.seqs is None:  # a chain: drop the tail of sequence 0
+            self._remove(0, start + len(keep))
+        else:
+            if keep:  # the path's cells are exactly branch s's cells at these positions
+                branch = self._pending.seqs[keep[-1]][0]
+                lib.llama_memory_seq_cp(self._mem, branch, 0, start, start + len(keep))
+            lib.llama_memory_seq_keep(self._mem, 0)  # frees rejected cells, drops branch ids
+        self.length += len(keep)
+        self._pending = None
+
+    def commit_all(self) -> None:
+        if self._pending is None:
+            return
+        if self._pending.seqs is not None:
+            raise RuntimeError("commit_all() is for chains; commit a path of a tree with commit(keep)")
+        self.commit(range(len(self._pending.depths)))
+
+    def trim(self, length: int) -> None:
+        """Drop committed tokens beyond `length`."""
+        if self._pending is not None:
+            raise RuntimeError("commit() the previous forward before trimming")
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot trim a cache of {self.length} tokens to {length}")
+        self._remove(0, length)
+        self.length = length
+
+    # ---- llama.cpp plumbing ---------------------------------------------------------------
+    def _branch_seqs(self, mask: torch.Tensor) -> list[list[int]]:
+        """Tree mask [n, n] -> the sequence ids of each input: 1 + the index of every leaf below it."""
+        allowed = mask.to(torch.bool).cpu().numpy()  # [n, n]
+        leaves = np.flatnonzero(allowed.sum(0) == 1)  # inputs that are nobody's ancestor
+        if len(leaves) > self.max_branches:
+            raise ValueError(f"a draft tree with {len(leaves)} leaves needs max_branches >= {len(leaves)} "
+                             f"(this target was made with {self.max_branches})")
+        below = allowed[leaves].T  # [n, leaves]: input j lies on the path to leaf i
+        return [(np.flatnonzero(row) + 1).tolist() for row in below]
+
+    def _fill(self, tokens: list[int], positions: Sequence[int], seqs: list[list[int]] | None,
+              logits: bool) -> None:
+        batch = self._batch
+        batch.n_tokens = len(tokens)
+        for i, (token, pos) in enumerate(zip(tokens, positions)):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            ids = seqs[i] if seqs is not None else (0,)
+            batch.n_seq_id[i] = len(ids)
+            row = batch.seq_id[i]
+            for k, s in enumerate(ids):
+                row[k] = s
+            batch.logits[i] = logits
+
+    def _decode(self, n: int) -> None:
+        rc = self.lib.llama_decode(self._ctx, self._batch)
+        if rc == 1:
+            raise RuntimeError(f"llama.cpp found no room for {n} more tokens in its KV cache of "
+                               f"{self.context_window} (holding {self.length}); make the context larger")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
+
+    def _logits(self, n: int) -> torch.Tensor:
+        ptr = self.lib.llama_get_logits(self._ctx)  # rows in batch order
+        rows = np.ctypeslib.as_array(ptr, shape=(n, self.vocab_size))  # [n, vocab] view of llama.cpp's buffer
+        return torch.from_numpy(rows.copy())  # [n, vocab] float32; the buffer is reused by the next pass
+
+    def _remove(self, seq: int, start: int) -> None:
+        if not self.lib.llama_memory_seq_rm(self._mem, seq, start, -1):
+            raise RuntimeError(f"llama.cpp could not remove positions >= {start} of sequence {seq}")
+
+
+class _Pass:
+    """What commit() needs to know about the last forward."""
+
+    def __init__(self, depths: list[int], mask: torch.Tensor | None, seqs: list[list[int]] | None):
+        self.depths, self.mask, self.seqs = depths, mask, seqs
+
+    def check_path(self, keep: list[int]) -> None:
+        """`keep` must be input 0 and its descendants down one path: the cells to keep then lie
+        at consecutive positions, as the next pass expects."""
+        n = len(self.depths)
+        ok = all(0 <= k < n and self.depths[k] == i for i, k in enumerate(keep))
+        if ok and self.mask is None:
+            ok = keep == list(range(len(keep)))
+        elif ok:
+            ok = all(bool(self.mask[b, a]) for a, b in zip(keep, keep[1:]))
+        if not ok:
+            raise ValueError(f"commit({keep}) is not a path from input 0 of the last forward")
+
+
+def _describe(lib: ModuleType, model: Any) -> str:
+    buf = ctypes.create_string_buffer(256)
+    lib.llama_model_desc(model, buf, len(buf))
+    return buf.value.decode(errors="replace")
+
+
+def _free(lib: ModuleType, batch: Any, ctx: Any, model: Any) -> None:
+    lib.llama_batch_free(batch)
+    lib.llama_free(ctx)
+    lib.llama_model_free(model)
+
+
+# ---- building an engine ---------------------------------------------------------------------
+def locate_gguf(model: str) -> Path:
+    """The GGUF file of a packaged model name or a .gguf path; ValueError for anything else."""
+    from .packaged import PACKAGED, gguf_path
+    from .registry import cache_dir
+
+    if model in PACKAGED:
+        return gguf_path(PACKAGED[model], cache_dir())  # ModelNotInstalled (a ValueError) names the pip command
+    path = Path(model).expanduser()
+    if path.is_dir():
+        raise ValueError(f"model {model!r} is a directory: --backend llamacpp needs a GGUF model "
+                         f"(a packaged name such as {next(iter(PACKAGED))!r}, or a .gguf file); "
+                         "use --backend transformers for a transformers directory")
+    if path.is_file():
+        if not is_gguf(path):
+            raise ValueError(f"{model!r} is not a GGUF file: --backend llamacpp needs a GGUF model")
+        return path
+    raise ValueError(f"unknown model {model!r}: --backend llamacpp needs a GGUF model: one of "
+                     f"{', '.join(PACKAGED)} or a .gguf file")
+
+
+def load_tokenizer(model: str, gguf: Path) -> Any:
+    """The transformers tokenizer of the same model: the converted directory of a packaged model,
+    or the tokenizer stored in a .gguf file itself (the weights are never converted)."""
+    from transformers import AutoTokenizer
+
+    from .packaged import PACKAGED
+    from .registry import resolve
+
+    if model in PACKAGED:
+        return AutoTokenizer.from_pretrained(resolve(model), local_files_only=True)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+
+
+def load_llamacpp(model: str, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX) -> Any:
+    """An Engine whose target is llama.cpp running `model` (a packaged name or a .gguf file).
+
+    threads: llama.cpp threads for single tokens and batches (default: torch.get_num_threads()).
+    """
+    from ..engine import Engine
+
+    require_llama_cpp()  # fail on a missing package before touching any file
+    gguf = locate_gguf(model)
+    target = LlamaCppTarget(gguf, threads=threads, n_ctx=n_ctx)
+    return Engine(target, load_tokenizer(model, gguf), name=model)
