@@ -119,9 +119,9 @@ def test_greedy_output_is_identical_with_another_tokenizer(engine, reference, ge
         gemma_drafter.configure(GenerationConfig().sampling, engine)
     assert isinstance(gemma_drafter._cross, CrossTokenizerDrafter)
     accepted = 0
-    for prompt in PROMPTS:
-        out = run(engine, gemma_drafter, prompt, GenerationConfig(max_new_tokens=24))
-        assert out.token_ids == reference(prompt, 24)
+    for prompt in PROMPTS[:2]:
+        out = run(engine, gemma_drafter, prompt, GenerationConfig(max_new_tokens=16))
+        assert out.token_ids == reference(prompt, 16)
         accepted += sum(k * v for k, v in out.stats.accepted_hist.items())
     assert accepted > 0  # the alignment works: some drafted target tokens were right
 

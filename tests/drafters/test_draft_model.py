@@ -228,7 +228,7 @@ def test_draft_ids_stay_inside_a_smaller_target_vocabulary(engine):
 
 
 def test_sampling_draws_from_q_and_self_drafts_are_accepted(engine):
-    config = GenerationConfig(max_new_tokens=24, temperature=0.8, top_p=0.95, seed=3)
+    config = GenerationConfig(max_new_tokens=12, temperature=0.8, top_p=0.95, seed=3)
     drafter = self_drafter(engine, length=4)
     drafter.configure(config.sampling, engine)
     drafter.reset(engine.encode(PROMPTS[0]))
