@@ -46,7 +46,9 @@ def load(model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu
 
         require_cuda(device)  # before loading anything
         hf_model, tokenizer = load_model(model, dtype, device)
-        return Engine(StaticTarget(hf_model, max_len=max_len), tokenizer, name=model)
+        target = StaticTarget(hf_model, max_len=max_len)
+        target.capture()  # compile and capture every pass size now, not inside the first requests
+        return Engine(target, tokenizer, name=model)
     hf_model, tokenizer = load_model(model, dtype, device)
     return Engine(HFTarget(hf_model), tokenizer, name=model)
 
