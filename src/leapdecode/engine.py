@@ -77,7 +77,7 @@ class Engine:
         self.target = target
         self.tokenizer = tokenizer
         self.name = name
-        self.eos_ids = _eos_ids(target.model, tokenizer)
+        self.eos_ids = eos_ids_of(target.model, tokenizer)
         self._pass_costs: dict[str, dict[int, float]] = {}
 
     # ---- public API -------------------------------------------------------------------
@@ -216,7 +216,8 @@ def _clean(draft: Draft, vocab_size: int, budget: int) -> Draft:
     return Draft(tokens, new_parents, probs)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+def eos_ids_of(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids from the generation config, the model config and the tokenizer."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
         value = getattr(source, "eos_token_id", None)

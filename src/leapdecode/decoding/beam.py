@@ -41,15 +41,7 @@ class BeamConfig:
 
     def __post_init__(self) -> None:
         check_int("num_beams", self.num_beams, 1, "pass --num-beams 1 or more")
-        check_int("max_new_tokens", self.max_new_tokens, 1, "pass --max-new-tokens 1 or more")
-        n = self.num_return_sequences
-        if n is not None:
-            check_int("num_return_sequences", n, 1, "pass -n 1 or more")
-            if n > self.num_beams:
-                raise ValueError(
-                    f"num_return_sequences ({n}) cannot exceed num_beams ({self.num_beams}); "
-                    f"lower -n or raise --num-beams to at least {n}"
-                )
+        check_counts(self.num_return_sequences, self.num_beams, "num_beams", self.max_new_tokens)
         if isinstance(self.length_penalty, bool) or not isinstance(self.length_penalty, (int, float)):
             raise ValueError(f"length_penalty must be a number, got {self.length_penalty!r}")
         if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
@@ -63,6 +55,18 @@ class BeamConfig:
 def check_int(name: str, value: Any, low: int, fix: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}; {fix}")
+
+
+def check_counts(n: int | None, k: int, k_name: str, max_new_tokens: int) -> None:
+    """num_return_sequences n (None = all k) within 1..k, and max_new_tokens >= 1."""
+    check_int("max_new_tokens", max_new_tokens, 1, "pass --max-new-tokens 1 or more")
+    if n is not None:
+        check_int("num_return_sequences", n, 1, "pass -n 1 or more")
+        if n > k:
+            raise ValueError(
+                f"num_return_sequences ({n}) cannot exceed {k_name} ({k}); "
+                f"lower -n or raise --num-beams to at least {n}"
+            )
 
 
 @dataclass

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .beam import BeamGroup, check_int, check_prompt, ranked_outputs
+from .beam import BeamGroup, check_counts, check_int, check_prompt, ranked_outputs
 from .cache import SharedPrefix
 from .outputs import Output
 
@@ -101,15 +101,7 @@ class SuperposedConfig:
 
     def __post_init__(self) -> None:
         check_int("num_drafts", self.num_drafts, 1, "pass --num-beams 1 or more")
-        check_int("max_new_tokens", self.max_new_tokens, 1, "pass --max-new-tokens 1 or more")
-        n = self.num_return_sequences
-        if n is not None:
-            check_int("num_return_sequences", n, 1, "pass -n 1 or more")
-            if n > self.num_drafts:
-                raise ValueError(
-                    f"num_return_sequences ({n}) cannot exceed the number of drafts ({self.num_drafts}); "
-                    f"lower -n or raise --num-beams to at least {n}"
-                )
+        check_counts(self.num_return_sequences, self.num_drafts, "num_drafts", self.max_new_tokens)
         if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
         if self.top_m is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, merge
+from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, check_int, merge
 from .suffix import SuffixDrafter
 from .token_recycling import TokenRecyclingDrafter
 
@@ -21,8 +21,7 @@ class AutoDrafter(Drafter):
     default_budget = 48
 
     def __init__(self, min_match: int = 2, max_copy: int = 16):
-        if isinstance(max_copy, bool) or not isinstance(max_copy, int) or max_copy < 1:
-            raise ValueError(f"auto option max_copy must be an integer >= 1, got {max_copy!r}")
+        check_int("auto", "max_copy", max_copy, 1, 16)
         self.copy = SuffixDrafter(min_match=min_match, max_draft=max_copy)
         self.recycle = TokenRecyclingDrafter()
 

@@ -58,6 +58,15 @@ class Draft:
 EMPTY_DRAFT = Draft()
 
 
+def check_int(method: str, name: str, value: object, low: int, default: int) -> int:
+    """A drafter option that must be an integer >= low; the error names a value that works."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(
+            f"{method} option {name} must be an integer >= {low}, got {value!r}; pass e.g. {name}={default}"
+        )
+    return value
+
+
 @dataclass
 class StepResult:
     """What one verification step did, reported to `Drafter.observe`.

@@ -44,6 +44,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..engine import eos_ids_of
 from ..models.hf import HFTarget
 from ..sampling import SamplingParams, make_generator, make_warp
 from .base import EMPTY_DRAFT, Draft, Drafter, StepResult
@@ -419,7 +420,7 @@ class DraftModelDrafter(Drafter):
 
             self._cross = CrossTokenizerDrafter(
                 self.lm, self.tokenizer, engine.tokenizer, self.length,
-                target_eos=_target_eos(engine), draft_eos=_eos_ids(self.lm.lm.model, self.tokenizer),
+                target_eos=_target_eos(engine), draft_eos=frozenset(eos_ids_of(self.lm.lm.model, self.tokenizer)),
             )
 
     def _no_model_message(self, engine: Any = None) -> str:
@@ -539,15 +540,6 @@ def same_vocabulary(draft_tokenizer: Any, target_tokenizer: Any) -> bool:
 
 
 _SAME: dict[tuple[int, int], tuple[Any, Any, bool]] = {}
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if value is not None:
-            ids.update([value] if isinstance(value, int) else value)
-    return frozenset(ids)
 
 
 def _target_eos(engine: Any) -> int | None:

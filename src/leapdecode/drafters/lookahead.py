@@ -37,7 +37,7 @@ import random
 from collections import deque
 from typing import Sequence
 
-from .base import EMPTY_DRAFT, Draft, Drafter, StepResult
+from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, check_int
 
 
 def build_draft(
@@ -105,11 +105,6 @@ def diagonal_ngrams(
     return grams
 
 
-def _check_int(label: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"lookahead option {label} must be an integer >= {low}, got {value!r}")
-
-
 class LookaheadDrafter(Drafter):
     """Lookahead decoding as a tree drafter (see the module docstring).
 
@@ -135,10 +130,10 @@ class LookaheadDrafter(Drafter):
         keep_across_requests: bool = False,
         vocab_size: int | None = None,
     ):
-        _check_int("window", window, 1)
-        _check_int("ngram", ngram, 2)
-        _check_int("guesses", guesses, 0)
-        _check_int("seed", seed, 0)
+        check_int("lookahead", "window", window, 1, 5)
+        check_int("lookahead", "ngram", ngram, 2, 4)
+        check_int("lookahead", "guesses", guesses, 0, 5)
+        check_int("lookahead", "seed", seed, 0, 0)
         if init not in ("random", "tail"):
             raise ValueError(f"lookahead option init must be 'random' or 'tail', got {init!r}")
         if not isinstance(keep_across_requests, bool):
@@ -146,7 +141,7 @@ class LookaheadDrafter(Drafter):
                 f"lookahead option keep_across_requests must be True or False, got {keep_across_requests!r}"
             )
         if vocab_size is not None:
-            _check_int("vocab_size", vocab_size, 1)
+            check_int("lookahead", "vocab_size", vocab_size, 1, 49152)
         self.window_size = window
         self.ngram = ngram
         self.guesses = guesses

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from leapdecode.drafters.base import EMPTY_DRAFT, Draft, Drafter, StepResult
+from leapdecode.drafters.base import EMPTY_DRAFT, Draft, Drafter, StepResult, check_int
 
 # (previous token or None, current token) -> best next tokens with their probabilities
 NextTokens = Callable[[int | None, int], Sequence[tuple[int, float]]]
@@ -133,19 +133,12 @@ def build_tree(
     return tokens, parents
 
 
-def _check_int(name: str, value: object, low: int, default: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(
-            f"{name} must be an integer >= {low}, got {value!r}; pass e.g. {name}={default}"
-        )
-    return value
-
 
 def _check_float(name: str, value: object, low: float, high: float, default: float) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not low <= value <= high:  # type: ignore[operator]
         raise ValueError(
-            f"{name} must be a number in [{low}, {high}], got {value!r}; pass e.g. {name}={default}"
+            f"ngram-adaptive option {name} must be a number in [{low}, {high}], got {value!r}; pass e.g. {name}={default}"
         )
     return float(value)  # type: ignore[arg-type]
 
@@ -177,10 +170,10 @@ class NgramAdaptiveDrafter(Drafter):
         target_weight: float = 0.5,
         persist: bool = False,
     ) -> None:
-        self.max_children = _check_int("max_children", max_children, 1, 4)
-        self.max_depth = _check_int("max_depth", max_depth, 1, 8)
+        self.max_children = check_int("ngram-adaptive", "max_children", max_children, 1, 4)
+        self.max_depth = check_int("ngram-adaptive", "max_depth", max_depth, 1, 8)
         self.greedy_share = _check_float("greedy_share", greedy_share, 0.0, 1.0, 0.5)
-        self.target_topk = _check_int("target_topk", target_topk, 0, 1)
+        self.target_topk = check_int("ngram-adaptive", "target_topk", target_topk, 0, 1)
         self.target_weight = _check_float("target_weight", target_weight, 0.0, math.inf, 0.5)
         if not isinstance(persist, bool):
             raise ValueError(f"persist must be True or False, got {persist!r}")

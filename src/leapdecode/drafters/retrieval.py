@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from leapdecode.drafters.base import EMPTY_DRAFT, Draft, Drafter
+from leapdecode.drafters.base import EMPTY_DRAFT, Draft, Drafter, check_int
 
 SEP = -1  # ends every document; never a token id, so no match runs across documents
 _FORMAT_VERSION = 1
@@ -276,13 +276,6 @@ def frequency_trie(
     return tokens, parents
 
 
-def _check_int(name: str, value: object, low: int, default: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(
-            f"{name} must be an integer >= {low}, got {value!r}; pass e.g. {name}={default}"
-        )
-    return value
-
 
 class RetrievalDrafter(Drafter):
     """REST drafter: a frequency-weighted trie of what followed the context in a corpus.
@@ -315,15 +308,15 @@ class RetrievalDrafter(Drafter):
         if not isinstance(store, Store):
             raise ValueError(f"store must be a Store or a path, got {type(store).__name__}")
         self.store = store
-        self.max_suffix = _check_int("max_suffix", max_suffix, 1, 16)
-        self.min_suffix = _check_int("min_suffix", min_suffix, 1, 2)
+        self.max_suffix = check_int("retrieval", "max_suffix", max_suffix, 1, 16)
+        self.min_suffix = check_int("retrieval", "min_suffix", min_suffix, 1, 2)
         if self.min_suffix > self.max_suffix:
             raise ValueError(
                 f"min_suffix ({min_suffix}) must not exceed max_suffix ({max_suffix}); "
                 "lower min_suffix or raise max_suffix"
             )
-        self.max_candidates = _check_int("max_candidates", max_candidates, 1, 64)
-        self.draft_len = _check_int("draft_len", draft_len, 1, 8)
+        self.max_candidates = check_int("retrieval", "max_candidates", max_candidates, 1, 64)
+        self.draft_len = check_int("retrieval", "draft_len", draft_len, 1, 8)
         self.match_length = 0
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:

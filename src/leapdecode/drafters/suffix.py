@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from leapdecode.drafters.base import EMPTY_DRAFT, Draft, Drafter, StepResult
+from leapdecode.drafters.base import EMPTY_DRAFT, Draft, Drafter, StepResult, check_int
 
 # Feeding more tokens than this at once builds without end-position upkeep and fixes the end
 # positions in one linear pass afterwards (a prompt full of repeats would cost O(n^2) otherwise).
@@ -148,13 +148,6 @@ def suffix_draft(tokens: Sequence[int], max_draft: int, min_match: int = 1) -> l
     return sam.continuation(max_draft)
 
 
-def _check_int(name: str, value: object, low: int, default: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(
-            f"{name} must be an integer >= {low}, got {value!r}; pass e.g. {name}={default}"
-        )
-    return value
-
 
 class SuffixDrafter(Drafter):
     """Proposes the continuation of the longest earlier match of the context's end (a chain).
@@ -174,8 +167,8 @@ class SuffixDrafter(Drafter):
     def __init__(
         self, *, min_match: int = 2, max_draft: int = 32, fallback: Drafter | None = None
     ) -> None:
-        self.min_match = _check_int("min_match", min_match, 1, 2)
-        self.max_draft = _check_int("max_draft", max_draft, 1, 32)
+        self.min_match = check_int("suffix", "min_match", min_match, 1, 2)
+        self.max_draft = check_int("suffix", "max_draft", max_draft, 1, 32)
         if fallback is not None and not isinstance(fallback, Drafter):
             raise ValueError(
                 f"fallback must be a Drafter instance or None, got {type(fallback).__name__}; "
