@@ -162,7 +162,7 @@ class SharedPrefix:
         for start in range(0, len(prompt_ids), PREFILL_CHUNK):
             chunk = torch.tensor([list(prompt_ids[start : start + PREFILL_CHUNK])], device=self.device)
             positions = torch.arange(start, start + chunk.shape[1], device=self.device)[None]
-            out = self.model(input_ids=chunk, position_ids=positions, past_key_values=self.cache,
+            out = self.model(input_ids=chunk, position_ids=positions, cache=self.cache,
                              use_cache=True, logits_to_keep=1)
             logits = out.logits[0, -1]
         self.length, self.rows = len(prompt_ids), 1
@@ -179,7 +179,7 @@ class SharedPrefix:
         """Feed one token per row ([rows] ids); return float logits [rows, vocab]."""
         ids = tokens.to(self.device).view(self.rows, 1)
         positions = torch.full((self.rows, 1), self.length, device=self.device)
-        out = self.model(input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True)
+        out = self.model(input_ids=ids, position_ids=positions, cache=self.cache, use_cache=True)
         self.length += 1
         return out.logits[:, -1].float()
 
@@ -188,6 +188,6 @@ class SharedPrefix:
         """Feed one input embedding per row ([rows, hidden]); return float logits [rows, vocab]."""
         positions = torch.full((self.rows, 1), self.length, device=self.device)
         out = self.model(inputs_embeds=embeds[:, None].to(self.device), position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
+                         cache=self.cache, use_cache=True)
         self.length += 1
         return out.logits[:, -1].float()

@@ -386,7 +386,7 @@ class StaticTarget:
             input_ids=ints[0, :size][None],
             position_ids=ints[1, :size][None],
             attention_mask=additive[None, None],
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
         )
         return out.logits[0]  # [size, vocab]
@@ -406,7 +406,7 @@ class StaticTarget:
                 input_ids=torch.tensor([tokens], device=self.device),
                 position_ids=(depths.to(self.device) + self.length)[None],
                 attention_mask=additive[None, None],
-                past_key_values=self.cache,
+                cache=self.cache,
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
             )

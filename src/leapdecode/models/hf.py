@@ -65,7 +65,7 @@ class HFTarget:
             input_ids=ids,
             position_ids=positions,
             attention_mask=attention,
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
