@@ -45,6 +45,7 @@ def test_generate_json_matches_api(engine, reference):
         (["generate", "--mode", "diverse-beam", "--num-beams", "4", "--beam-groups", "3", "hi"], "divide"),
         (["generate", "--mode", "beam", "--num-beams", "2", "-n", "3", "hi"], "num_return_sequences"),
         (["generate", "--mode", "diverse-beam", "--diversity", "-1", "hi"], "diversity"),
+        (["generate", "--backend", "llamacpp", "--dtype", "bfloat16", "hi"], "drop --dtype"),
     ],
 )
 def test_bad_input_exit_2_without_traceback(args, message):
@@ -89,3 +90,11 @@ def test_models_lists_packaged_models():
 def test_parse_options():
     assert parse_options(["k=8", "store=a.npz", "keep-all=true", "p=0.5"]) == {
         "k": 8, "store": "a.npz", "keep_all": True, "p": 0.5}
+
+
+def test_generate_on_the_llamacpp_backend():
+    done = run("generate", "--backend", "llamacpp", "--method", "suffix", "--max-new-tokens", "8", "--json",
+               "--threads", "1", "Name three primary colors.")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert 1 <= out["new_tokens"] == len(out["token_ids"]) <= 8 and out["steps"] >= 1

@@ -51,6 +51,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: static KV cache and verification passes replayed as CUDA graphs")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp"],
+                   help="llamacpp: llama.cpp runs the GGUF model's own quantized weights (GGUF models only)")
 
 
 def _add_generate(sub: Any) -> None:
@@ -144,7 +146,7 @@ def _load(args: argparse.Namespace) -> Any:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    return load(args.model, args.dtype, args.device)
+    return load(args.model, args.dtype, args.device, backend=args.backend)
 
 
 COMMANDS: list[Callable[[Any], None]] = [_add_generate, _add_models]

@@ -66,6 +66,8 @@ def bad_file(tmp_path, text):
         (["--methods", "none,draft-model:length=2", "--draft-model", "nope"], "unknown model 'nope'"),
         (["--methods", "none,hf-greedy:k=2"], "options after ':' are for this project's drafters"),
         (["--methods", "none,warp:k=2"], "unknown method 'warp'"),
+        (["--backend", "llamacpp", "--methods", "none,hf-greedy"], "no transformers model for hf-greedy"),
+        (["--backend", "llamacpp", "--dtype", "bfloat16"], "drop --dtype"),
     ],
 )
 def test_bad_arguments(capsys, tmp_path, qfile, no_model_loads, extra, message):

@@ -39,6 +39,8 @@ def add_parser(sub: Any) -> None:
                    help="draft model for draft-model (any tokenizer) and hf-assisted (same tokenizer)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: this project's engine runs compiled CUDA-graph passes")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp"],
+                   help="the target of this project's methods: a transformers model, or llama.cpp on the GGUF file")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit-per-category", type=int, default=None, metavar="K",
                    help="the first K questions of each subtask")
@@ -100,7 +102,21 @@ def make_plan(args: argparse.Namespace) -> Plan:
         methods.insert(0, args.baseline)
     if not has_package("matplotlib"):
         raise ValueError("the bench plots need matplotlib; install it with: pip install 'leapdecode[bench]'")
-    check_model(args.model, "--model", need_gguf=any(family(m) == "llamacpp" for m in methods))
+    llamacpp = args.backend == "llamacpp"
+    check_model(args.model, "--model", need_gguf=llamacpp or any(family(m) == "llamacpp" for m in methods))
+    if llamacpp:
+        hf = [m for m in methods if family(m) == "hf"]
+        if hf:
+            raise ValueError(f"--backend llamacpp has no transformers model for {', '.join(hf)}; "
+                             "run those with --backend transformers")
+        if args.dtype != "float32" or args.device != "cpu":
+            raise ValueError("--backend llamacpp runs the GGUF file's own quantized weights on the CPU: "
+                             "drop --dtype and --device")
+        if not has_package("llama_cpp"):
+            from .runners import OPTIONAL_PACKAGES
+
+            raise ValueError(f"--backend llamacpp needs llama-cpp-python; install it with: "
+                             f"{OPTIONAL_PACKAGES['llama_cpp']}")
     if args.draft_model is not None:
         check_model(args.draft_model, "--draft-model")
     elif any(split_method(m)[0] == "draft-model" and "model" not in split_method(m)[1] for m in methods):
@@ -171,7 +187,7 @@ def run(plan: Plan) -> dict[str, Any]:
     args, methods = plan.args, plan.methods
     torch.set_num_threads(args.threads)
     machine = machine_info()
-    engine = leapdecode.load(args.model, args.dtype, args.device)
+    engine = leapdecode.load(args.model, args.dtype, args.device, backend=args.backend)
     setup = Setup(engine, budget=args.budget, threads=args.threads, draft_name=args.draft_model, dtype=args.dtype)
     if "hf-assisted" in methods:
         from ..models.registry import load_model
@@ -224,7 +240,7 @@ def settings(plan: Plan, engine: Any, setup: Any, finished: list[Question]) -> d
     for q in finished:
         subtasks[q.subtask] = subtasks.get(q.subtask, 0) + 1
     command = ["leapdecode", "bench", "--methods", ",".join(plan.methods), "--baseline", plan.baseline,
-               "--model", args.model, "--dtype", args.dtype, "--device", args.device,
+               "--model", args.model, "--dtype", args.dtype, "--device", args.device, "--backend", args.backend,
                "--max-new-tokens", str(args.max_new_tokens),
                "--repeat", str(args.repeat), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     for flag, value in (("--questions", args.questions), ("--limit-per-category", args.limit_per_category),
@@ -237,6 +253,7 @@ def settings(plan: Plan, engine: Any, setup: Any, finished: list[Question]) -> d
         "model": args.model,
         "dtype": args.dtype,
         "device": args.device,
+        "backend": args.backend,
         "draft_model": args.draft_model,
         "methods": plan.methods,
         "baseline": plan.baseline,
