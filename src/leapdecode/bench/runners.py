@@ -61,10 +61,13 @@ def all_methods() -> list[str]:
 
 
 def split_method(spec: str) -> tuple[str, dict[str, Any]]:
-    """A method with drafter options after colons, so one run can compare settings:
+    """A method with drafter options after colons, so one run can compare settings
+    (`budget` is the engine's draft tokens per step, the others go to the drafter):
 
     >>> split_method("draft-model:length=2:tree_width=2")
     ('draft-model', {'length': 2, 'tree_width': 2})
+    >>> split_method("suffix:budget=auto")
+    ('suffix', {'budget': 'auto'})
     """
     from ..cli import parse_options
 
@@ -130,9 +133,10 @@ def cut_at_eos(tokens: Iterable[int], eos_ids: set[int], limit: int) -> list[int
 class EngineRunner:
     """One of this project's drafters, run by the engine."""
 
-    def __init__(self, engine: Any, method: str, budget: int | None = None, **options: Any):
-        self.engine, self.name, self.budget = engine, method, budget
+    def __init__(self, engine: Any, method: str, budget: int | str | None = None, **options: Any):
+        self.engine, self.name = engine, method
         self.drafter, own = split_method(method)
+        self.budget = own.pop("budget", budget)  # `suffix:budget=4` overrides the run's --budget
         self.options = {**options, **own}  # the method's own options win over the run's
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Output:
