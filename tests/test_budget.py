@@ -28,6 +28,16 @@ def test_useless_drafts_choose_zero():
     assert auto.choose() == 0
 
 
+def test_nodes_a_drafter_leaves_out_count_as_rejected():
+    # the drafter fills 4 nodes whatever it is asked for, all accepted; larger passes cost more
+    auto = AutoBudget({1: 1.0, 129: 1.0 + 0.01 * 128}, max_budget=128)
+    chosen = []
+    for _ in range(300):
+        chosen.append(auto.choose())
+        auto.update(chosen[-1], list(range(min(chosen[-1], 4))))
+    assert chosen[-100:].count(4) >= 90  # exploring a larger budget now and then, no more
+
+
 def test_tradeoff_matches_hand_computation():
     # node 0 always accepted, node 1 half the time, the rest never; cost 1 + 0.25 per extra input
     costs = {1: 1.0, 129: 1.0 + 0.25 * 128}

@@ -193,7 +193,7 @@ class Engine:
             stats.drafted += len(draft)
             stats.accepted_hist[len(path)] += 1
             if auto:
-                auto.update(len(draft), [j - 1 for j in path])
+                auto.update(limit, [j - 1 for j in path])  # unfilled nodes count as rejected
             drafter.observe(
                 StepResult(draft, [j - 1 for j in path], emitted[:-1], bonus, context, inputs, logits)
             )
