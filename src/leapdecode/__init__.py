@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 from .config import GenerationConfig
-from .drafters import Draft, Drafter, make_drafter
+from .drafters import DEFAULT_METHOD, Draft, Drafter, make_drafter
 from .engine import Engine, Generation, Stats
 
 __version__ = "0.1.0"
@@ -64,13 +64,13 @@ def _load_llamacpp(model: str, dtype: str, device: str, max_len: int) -> Engine:
     return load_llamacpp(model, n_ctx=max_len)
 
 
-def generate(prompt: str | Sequence[int], model: str = "smollm2-135m", method: str = "prompt-lookup",
+def generate(prompt: str | Sequence[int], model: str = "smollm2-135m", method: str = DEFAULT_METHOD,
              dtype: str = "float32", **config: Any) -> Generation:
     """One-shot helper: load a model and generate (load once with `load` for repeated use)."""
     return load(model, dtype).generate(prompt, GenerationConfig(**config), method)
 
 
-def stream(prompt: str | Sequence[int], model: str = "smollm2-135m", method: str = "prompt-lookup",
+def stream(prompt: str | Sequence[int], model: str = "smollm2-135m", method: str = DEFAULT_METHOD,
            dtype: str = "float32", **config: Any) -> Iterator[str]:
     """One-shot helper yielding text deltas."""
     return iter(load(model, dtype).stream(prompt, GenerationConfig(**config), method))

@@ -18,8 +18,8 @@ from typing import Sequence
 import torch
 
 CANDIDATES = (*range(33), 40, 48, 64, 80, 96, 128)
-# Pass sizes measured: every size up to 33, where the cost is not monotonic (a GEMM kernel chosen
-# by shape: here a bfloat16 pass of 6 inputs cost 40 ms against 25 ms for 4 and 40 ms for 24),
+# Pass sizes measured: every size up to 33, where the cost need not be monotonic (the GEMM kernel is
+# chosen by shape: here a float32 pass of 3 inputs cost 88 ms against 68 ms for 4 and 61 ms for 5),
 # then sparser, interpolated in between.
 MEASURED = (*range(1, 34), 41, 49, 65, 97, 129)
 DECAY = 0.98  # per step: recent steps weigh more, so the estimate follows the text

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any, Callable, Sequence
 
-from .drafters import DRAFTERS
+from .drafters import DEFAULT_METHOD, DRAFTERS
 
 
 class UsageError(ValueError):
@@ -59,7 +59,7 @@ def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate text from a prompt")
     p.add_argument("prompt", help="the prompt text ('-' reads standard input)")
     _add_model_args(p)
-    p.add_argument("--method", default="prompt-lookup", help=f"drafter: {', '.join(DRAFTERS)}")
+    p.add_argument("--method", default=DEFAULT_METHOD, help=f"drafter: {', '.join(DRAFTERS)}")
     p.add_argument("--budget", type=budget_arg, default=None,
                    help="draft tokens per step, or 'auto' to size drafts by measured pass cost (default: the drafter's)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",

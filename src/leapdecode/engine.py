@@ -17,7 +17,7 @@ import torch
 
 from . import tree, verify
 from .config import GenerationConfig
-from .drafters import Draft, Drafter, StepResult, make_drafter
+from .drafters import DEFAULT_METHOD, Draft, Drafter, StepResult, make_drafter
 from .budget import AutoBudget, cached_pass_costs
 from .models.hf import HFTarget
 from .sampling import make_generator, make_warp
@@ -112,7 +112,7 @@ class Engine:
         self,
         prompt: str | Sequence[int],
         config: GenerationConfig | None = None,
-        method: str | Drafter = "prompt-lookup",
+        method: str | Drafter = DEFAULT_METHOD,
         chat: bool = True,
         **options: Any,
     ) -> Generation:
@@ -126,7 +126,7 @@ class Engine:
         self,
         prompt: str | Sequence[int],
         config: GenerationConfig | None = None,
-        method: str | Drafter = "prompt-lookup",
+        method: str | Drafter = DEFAULT_METHOD,
         chat: bool = True,
         **options: Any,
     ) -> "Stream":

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..cli import budget_arg
+from ..drafters import DEFAULT_METHOD
 from .questions import Question, default_questions_path, load_questions, round_robin, select_questions
 from .runners import PEER_OPTIONS, all_methods, check_methods, family, has_package, own_greedy, split_method
 
-DEFAULT_METHODS = "none,prompt-lookup"
+DEFAULT_METHODS = f"none,{DEFAULT_METHOD}"
 
 
 def add_parser(sub: Any) -> None:

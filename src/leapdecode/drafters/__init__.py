@@ -8,6 +8,8 @@ from typing import Any
 from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, merge
 
 # name -> "module:Class"; imported lazily so one drafter's dependencies never slow another
+DEFAULT_METHOD = "auto"  # of generate, serve and the API
+
 DRAFTERS: dict[str, str] = {
     "none": "none:NoDrafter",
     "prompt-lookup": "prompt_lookup:PromptLookupDrafter",
@@ -37,4 +39,4 @@ def make_drafter(method: str | Drafter, **options: Any) -> Drafter:
         raise ValueError(f"bad option for method {method!r}: {err}") from None
 
 
-__all__ = ["DRAFTERS", "Draft", "Drafter", "EMPTY_DRAFT", "StepResult", "make_drafter", "merge"]
+__all__ = ["DEFAULT_METHOD", "DRAFTERS", "Draft", "Drafter", "EMPTY_DRAFT", "StepResult", "make_drafter", "merge"]

@@ -18,7 +18,9 @@ from .token_recycling import TokenRecyclingDrafter
 
 class AutoDrafter(Drafter):
     name = "auto"
-    default_budget = 48
+    # 8: the best of 8, 16 and 48 in `leapdecode bench` on the CPU (docs/benchmarks.md); on a GPU,
+    # where a pass of 64 costs about what a pass of 1 does, pass a larger --budget
+    default_budget = 8
 
     def __init__(self, min_match: int = 2, max_copy: int = 16):
         check_int("auto", "max_copy", max_copy, 1, 16)

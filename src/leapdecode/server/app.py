@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..drafters import DRAFTERS
+from ..drafters import DEFAULT_METHOD, DRAFTERS
 from ..engine import Engine, Generation
 from . import protocol
 from .metrics import CONTENT_TYPE, Metrics
@@ -41,7 +41,7 @@ def create_app(
     engine: Engine | Callable[[], Engine],
     *,
     model_name: str | None = None,
-    method: str = "prompt-lookup",
+    method: str = DEFAULT_METHOD,
     max_queue: int = 64,
 ) -> FastAPI:
     """A FastAPI app serving `engine` (or the engine a factory returns at startup)."""

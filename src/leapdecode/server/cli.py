@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..drafters import DRAFTERS
+from ..drafters import DEFAULT_METHOD, DRAFTERS
 
 
 def add_parser(sub: Any) -> None:
@@ -22,7 +22,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--model", default="smollm2-135m", help="packaged name, transformers dir or .gguf file")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--method", default="prompt-lookup",
+    p.add_argument("--method", default=DEFAULT_METHOD,
                    help=f"default drafter; a request may name another in `method`: {', '.join(DRAFTERS)}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
