@@ -17,7 +17,8 @@
 
 Other processes may share the CPU cores: compare ratios within one run. OpenMP's busy-waiting
 barriers make a 2-thread llama.cpp pass take seconds when another process holds a core, hence
-OMP_WAIT_POLICY=passive above (set it for a whole run, for every method alike).
+OMP_WAIT_POLICY=passive above on a loaded machine (set it for a whole run, for every method alike;
+on a quiet machine it made llama.cpp greedy about 2.8 times slower, docs/llamacpp.md).
 """
 
 from __future__ import annotations
