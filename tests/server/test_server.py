@@ -215,19 +215,19 @@ def test_unknown_path_and_method_get_openai_errors(server):
 
 
 def test_metrics_report_requests_tokens_and_tau(server, client, engine):
-    # the request names no method: the server's default runs it
+    label = f'{{method="{DEFAULT_METHOD}"}}'  # the request names no method: the server's default runs it
     wait_idle(server)
-    tokens = metric(server, f'leapdecode_generated_tokens_total{{method="{DEFAULT_METHOD}"}}')
-    steps = metric(server, f'leapdecode_target_passes_total{{method="{DEFAULT_METHOD}"}}')
+    tokens = metric(server, f'leapdecode_generated_tokens_total{label}')
+    steps = metric(server, f'leapdecode_target_passes_total{label}')
     ok = metric(server, 'leapdecode_requests_total{endpoint="/v1/completions",status="200"}')
     got = client.completions.create(model=engine.name, prompt=ROSES, max_tokens=12, temperature=0)
     text = httpx.get(f"{server.url}/metrics", timeout=10)
     assert text.headers["content-type"].startswith("text/plain")
-    assert metric(server, f'leapdecode_generated_tokens_total{{method="{DEFAULT_METHOD}"}}') == tokens + 12
-    passes = metric(server, f'leapdecode_target_passes_total{{method="{DEFAULT_METHOD}"}}')
+    assert metric(server, f'leapdecode_generated_tokens_total{label}') == tokens + 12
+    passes = metric(server, f'leapdecode_target_passes_total{label}')
     assert passes == steps + extra(got)["steps"]
     assert metric(server, 'leapdecode_requests_total{endpoint="/v1/completions",status="200"}') == ok + 1
-    tau = metric(server, f'leapdecode_mean_accepted_length{{method="{DEFAULT_METHOD}"}}')
+    tau = metric(server, f'leapdecode_mean_accepted_length{label}')
     assert tau == pytest.approx((tokens + 12) / (steps + extra(got)["steps"]))
     assert metric(server, "leapdecode_queue_depth") == 0
 
