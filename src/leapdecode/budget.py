@@ -86,10 +86,10 @@ class AutoBudget:
         gain = torch.cumsum(self.rates(), 0).tolist()
         return max(self.candidates, key=lambda b: (1 + (gain[b - 1] if b else 0.0)) / self.cost[b])
 
-    def update(self, drafted: int, path: Sequence[int]) -> None:
-        """`drafted` nodes were asked for (those the drafter left out count as rejected);
+    def update(self, asked: int, path: Sequence[int]) -> None:
+        """`asked` nodes were asked for (those the drafter left out count as rejected);
         `path` lists the accepted draft node indices."""
-        n = min(drafted, self.max_budget)
+        n = min(asked, self.max_budget)
         # the nodes of this step forget at DECAY, the others slowly, so that a large budget
         # found poor is tried again only now and then
         for counts in (self.proposed, self.accepted):

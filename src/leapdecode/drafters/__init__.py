@@ -7,9 +7,9 @@ from typing import Any
 
 from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, merge
 
-# name -> "module:Class"; imported lazily so one drafter's dependencies never slow another
 DEFAULT_METHOD = "auto"  # of generate, serve and the API
 
+# name -> "module:Class"; imported lazily so one drafter's dependencies never slow another
 DRAFTERS: dict[str, str] = {
     "none": "none:NoDrafter",
     "prompt-lookup": "prompt_lookup:PromptLookupDrafter",
