@@ -257,6 +257,40 @@ def test_without_configure_the_drafter_is_deterministic(engine, reference):
     assert list(draft.tokens) == reference(PROMPTS[0], 4)
 
 
+# ---- the draft run by llama.cpp ---------------------------------------------------------------
+def test_llamacpp_draft_of_the_same_gguf_is_lossless_and_mostly_accepted(engine, reference):
+    """The 135M GGUF run by llama.cpp drafts for its own dequantized transformers copy: output
+    is the target's alone, and the drafts (the same weights, other kernels) are mostly accepted."""
+    pytest.importorskip("llama_cpp")
+    for options in (dict(length=4), dict(length="auto", tree_width=2)):
+        for prompt in PROMPTS:
+            drafter = DraftModelDrafter("smollm2-135m", backend="llamacpp", **options)
+            assert drafter.lm.lm.__class__.__name__ == "LlamaCppTarget"
+            out = run(engine, drafter, prompt, GenerationConfig(max_new_tokens=24))
+            assert out.token_ids == reference(prompt, 24)
+            assert out.stats.drafted > 0 and acceptance(out.stats) >= 0.6, out.stats.accepted_hist
+
+
+def test_llamacpp_draft_samples_from_its_q(engine):
+    pytest.importorskip("llama_cpp")
+    config = GenerationConfig(max_new_tokens=12, temperature=0.8, seed=5)
+    first = run(engine, DraftModelDrafter("smollm2-135m", backend="llamacpp", length=3), PROMPTS[1], config)
+    again = run(engine, DraftModelDrafter("smollm2-135m", backend="llamacpp", length=3), PROMPTS[1], config)
+    assert first.token_ids == again.token_ids and len(first.token_ids) == 12
+    assert acceptance(first.stats) >= 0.5, first.stats.accepted_hist
+
+
+def test_unknown_draft_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="backend must be one of transformers, llamacpp"):
+        DraftModelDrafter("smollm2-135m", backend="onnx")
+
+
+def test_llamacpp_draft_needs_a_gguf(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="draft model: .*GGUF"):
+        DraftModelDrafter(str(tmp_path), backend="llamacpp")
+
+
 # ---- the real pair (slow) -------------------------------------------------------------------
 @pytest.mark.slow
 def test_qwen_pair_greedy_identical(dev_questions):

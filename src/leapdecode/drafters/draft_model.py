@@ -46,6 +46,7 @@ import torch
 
 from ..engine import eos_ids_of
 from ..models.hf import HFTarget
+from ..models.llamacpp import LlamaCppTarget
 from ..sampling import SamplingParams, make_generator, make_warp
 from .base import EMPTY_DRAFT, Draft, Drafter, StepResult
 
@@ -55,20 +56,34 @@ DEFAULT_DRAFTS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-0.5b"}
 SIBLING_CONFIDENCE = 0.9  # add tree siblings at a depth only where the draft's top probability is below this
 CATCH_UP_LOGITS = 16  # catch-ups up to this long run in one pass; longer ones are prefilled first
 SEED_OFFSET = 0x5EED  # the draft's sampler must be independent of the engine's: never reuse its seed
+BACKENDS = ("transformers", "llamacpp")  # what runs the draft model
 
-_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}  # (name, dtype) -> (model, tokenizer)
+_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # (name, dtype, backend) -> (model, tokenizer)
 # what "auto" learned (acceptance per confidence, costs), kept across requests for each pair
 _LEARNED: dict[tuple, "DraftLength"] = {}
 
 
-def load_draft(name: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """(model, tokenizer) of a draft model, loaded once per process for each (name, dtype)."""
-    key = (name, dtype)
+def load_draft(name: str, dtype: str = "float32", backend: str = "transformers") -> tuple[Any, Any]:
+    """(model, tokenizer) of a draft model, loaded once per process for each (name, dtype, backend).
+
+    backend "transformers": a transformers model in `dtype`; "llamacpp": a `LlamaCppTarget` on
+    the model's GGUF file (its own quantized weights and kernels, with the torch thread count),
+    and the tokenizer of its transformers directory.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"draft-model option backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    key = (name, dtype if backend == "transformers" else f"threads={torch.get_num_threads()}", backend)
     if key not in _LOADED:
-        from ..models.registry import load_model
+        from ..models.registry import load_model, load_tokenizer
 
         try:
-            _LOADED[key] = load_model(name, dtype)
+            if backend == "transformers":
+                _LOADED[key] = load_model(name, dtype)
+            else:
+                from ..models.llamacpp import LlamaCppTarget, locate_gguf
+
+                gguf = locate_gguf(name)
+                _LOADED[key] = (LlamaCppTarget(gguf, max_branches=1), load_tokenizer(name))
         except ValueError as err:  # ModelNotInstalled's message already names the install command
             raise type(err)(f"draft model: {err}") from None
         except OSError as err:
@@ -125,8 +140,12 @@ class DraftLM:
             self.lm.prefill(new[:-1])
             self.passes += 1
             new = new[-1:]
+        start = time.perf_counter()
         logits = self.lm.forward(new, torch.arange(len(new)), None)[-1]  # [vocab]
         self.lm.commit_all()
+        if len(new) == 1:  # a one-token pass, like `extend`: it measures the draft's cost too
+            self._extend_s += time.perf_counter() - start
+            self._extends += 1
         self.passes += 1
         self.seen = list(context)
         return logits
@@ -188,6 +207,7 @@ class DraftLength:
     BIN_DECAY = 0.98  # weight of the past in the histogram and the running acceptance rate
     PRIOR = 2.0  # pseudo-observations per bin, at the bin's own confidence
     FREE = 1.05  # an input costing at most 5% more than one fewer is a free slot
+    DRAFT_GUESS = 0.3  # a draft pass, in one-token target steps, until one is measured
 
     def __init__(self, length: int | str = 4, threshold: float | None = None, max_length: int = 12):
         if length == "auto":
@@ -209,8 +229,7 @@ class DraftLength:
         self.hits = [self.PRIOR * c for c in centers]  # accepted guesses per confidence bin
         self.tries = [self.PRIOR] * self.BINS  # guesses the target looked at per bin
         self.rate = 0.6  # running acceptance rate of the guesses the target looked at
-        self.draft_s = 0.3  # seconds per draft pass (a guess relative to 1 s until measured)
-        self._draft_measured = False
+        self._draft_s: float | None = None  # seconds per one-token draft pass, once measured
         self.verify_s: dict[int, float] = {}  # inputs -> seconds per target step
 
     @property
@@ -253,16 +272,21 @@ class DraftLength:
 
     def record_cost(self, extend_s: float, extends: int, step_s: float, inputs: int) -> None:
         """One step: `extends` one-token draft passes took `extend_s`; the target step with
-        `inputs` inputs took `step_s`. (The first draft pass of a step, which may catch up many
-        tokens, is left out of the per-pass cost.)"""
+        `inputs` inputs took `step_s`. (Only one-token draft passes count: a catch-up of several
+        tokens is left out of the per-pass cost.)"""
         if extends:
             per_pass = extend_s / extends
-            if not self._draft_measured:  # the first real number replaces the relative guess
-                self.draft_s, self._draft_measured = per_pass, True
-            else:
-                self.draft_s = self.DECAY * self.draft_s + (1 - self.DECAY) * per_pass
+            old_pass = self._draft_s
+            self._draft_s = per_pass if old_pass is None else self.DECAY * old_pass + (1 - self.DECAY) * per_pass
         old = self.verify_s.get(inputs)
         self.verify_s[inputs] = step_s if old is None else self.DECAY * old + (1 - self.DECAY) * step_s
+
+    @property
+    def draft_s(self) -> float:
+        """Seconds per draft pass: measured, or until then a guess of 0.3 one-token target steps."""
+        if self._draft_s is not None:
+            return self._draft_s
+        return self.DRAFT_GUESS * self.verify_cost(1)
 
     # ---- the decision -------------------------------------------------------------------
     def keep_going(self, confidences: Sequence[float]) -> bool:
@@ -350,9 +374,13 @@ class DraftModelDrafter(Drafter):
         dtype: str = "float32",
         threshold: float | None = None,
         max_length: int = 12,
+        backend: str = "transformers",
     ):
         if isinstance(tree_width, bool) or not isinstance(tree_width, int) or tree_width < 1:
             raise ValueError(f"draft-model option tree_width must be an integer >= 1, got {tree_width!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"draft-model option backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
         self.length = DraftLength(length, threshold, max_length)
         self.tree_width = tree_width
         self.dtype = dtype
@@ -379,11 +407,12 @@ class DraftModelDrafter(Drafter):
     def _bind(self, model: str | tuple[Any, Any] | HFTarget) -> None:
         if isinstance(model, str):
             self.model_name = model
-            model = load_draft(model, self.dtype)
+            model = load_draft(model, self.dtype, self.backend)
         if isinstance(model, HFTarget):
             self.lm, self.tokenizer = DraftLM(model), None
         elif isinstance(model, tuple) and len(model) == 2:
-            self.lm, self.tokenizer = DraftLM(HFTarget(model[0])), model[1]
+            lm = model[0] if isinstance(model[0], LlamaCppTarget) else HFTarget(model[0])
+            self.lm, self.tokenizer = DraftLM(lm), model[1]
         else:
             raise ValueError(
                 "draft-model option model must be a model name, a (model, tokenizer) pair or an "
@@ -412,7 +441,7 @@ class DraftModelDrafter(Drafter):
         self._warn_if_larger(engine.target.model)
         # the engine builds a drafter per request: keep what the length policy learned per pair
         draft_key = self.model_name or id(self.lm.lm.model)
-        key = (draft_key, self.dtype, id(engine.target.model), self.length.settings)
+        key = (draft_key, self.dtype, self.backend, id(engine.target.model), self.length.settings)
         self.length = _LEARNED.setdefault(key, self.length)
         self._cross = None
         if self.tokenizer is not None and not same_vocabulary(self.tokenizer, engine.tokenizer):

@@ -3,16 +3,75 @@
 The cache holds `length` committed tokens. `forward` appends a block of inputs (a chain or a
 tree) on top of it and returns logits for every input; `commit(keep)` then keeps the KV entries
 of the chosen inputs and drops the rest, so the cache holds committed tokens only.
+
+Column layout of the linear layers (float32 on the CPU). A verification pass multiplies each
+weight matrix by a handful of rows, and the BLAS path that `torch.nn.functional.linear` takes for
+[n, in] x [out, in]^T costs about n times a one-row pass for small n on some CPUs, which would
+eat the gain of verifying n tokens at once. The same product computed as (W @ x^T)^T takes
+another path that reads W once for all n columns. Measured on a 2-core AMD EPYC (AVX2, MKL,
+2 threads), Qwen2.5-Coder-1.5B float32 with 256 tokens in the cache, ms per pass for n inputs:
+
+    n          1     2     4     8    16    32
+    linear  1020  2178  3255  3231  3573  4499
+    column  1001  1052  1031  1436  1505  2291
+
+While an HFTarget runs the model, its linear layers take the column layout (`column_layout`);
+at any other time, e.g. inside transformers' own `generate`, they compute exactly as before.
+The engine's plain decoding (`none`) runs through the same layout, so speedups compare like with
+like; the two layouts round differently (about 1e-5 in the logits), as any two BLAS paths do.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import threading
+import types
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 PREFILL_CHUNK = 512
+
+
+class _Layout(threading.local):
+    column = False
+
+
+_LAYOUT = _Layout()
+
+
+def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear.forward, in the column layout while an HFTarget runs the model."""
+    if not _LAYOUT.column:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+    rows = x.reshape(-1, x.shape[-1])  # [n, in]
+    y = torch.mm(self.weight, rows.t()).t()  # [n, out], W read once for all n rows
+    if self.bias is not None:
+        y = y + self.bias
+    return y.reshape(*x.shape[:-1], self.weight.shape[0])
+
+
+def install_column_layout(model: torch.nn.Module) -> bool:
+    """Give every nn.Linear of a float32 CPU model the switchable forward; False where the
+    model is on another device or in another dtype (then nothing changes)."""
+    first = next(model.parameters())
+    if first.device.type != "cpu" or first.dtype != torch.float32:
+        return False
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and "forward" not in module.__dict__:
+            module.forward = types.MethodType(_linear_forward, module)
+    return True
+
+
+@contextmanager
+def column_layout(on: bool = True) -> Iterator[None]:
+    """Linear layers with the switchable forward compute in the column layout inside this block."""
+    before, _LAYOUT.column = _LAYOUT.column, on
+    try:
+        yield
+    finally:
+        _LAYOUT.column = before
 
 
 class HFTarget:
@@ -27,6 +86,7 @@ class HFTarget:
         self.cache = DynamicCache()
         self.length = 0  # committed tokens in the cache
         self._pending = 0  # inputs appended by the last forward, not yet committed
+        self.column = install_column_layout(self.model)
 
     def reset(self) -> None:
         self.cache = DynamicCache()
@@ -61,14 +121,15 @@ class HFTarget:
         ids = torch.tensor([tokens], device=self.device)  # [1, n]
         positions = (depths.to(self.device) + self.length).unsqueeze(0)  # [1, n]
         attention = None if mask is None else self._full_mask(mask)
-        out = self.model(
-            input_ids=ids,
-            position_ids=positions,
-            attention_mask=attention,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
+        with column_layout(self.column):
+            out = self.model(
+                input_ids=ids,
+                position_ids=positions,
+                attention_mask=attention,
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=logits_to_keep,
+            )
         self._pending = n
         return out.logits  # [1, n or logits_to_keep, vocab]
 

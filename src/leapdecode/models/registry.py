@@ -50,17 +50,24 @@ def resolve(name: str) -> Path:
     )
 
 
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a model name, offline (the model itself is not loaded)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve(name), local_files_only=True)
+
+
 def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) for a model name, offline."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     directory = resolve(name)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    tokenizer = load_tokenizer(str(directory))
     # a converted directory loads in a fraction of a second: no progress bar on stderr, which
     # would otherwise precede the one-line errors of the CLI
     bar_was_on = hf_logging.is_progress_bar_enabled()
