@@ -143,7 +143,9 @@ def send(client, model, request) -> dict:
     return {"ids": list(ids), "text": "".join(parts), "finish": finish, "token_ids": token_ids}
 
 
-def test_100_concurrent_requests_none_lost_or_duplicated(server, client, engine):
+def test_100_concurrent_requests_none_lost_or_duplicated(server, engine):
+    # the server runs them in turn: the last waits for the other 99 (minutes on a slow CPU)
+    client = server.client(timeout=600)
     requests = [plan(i) for i in range(N)]
     wait_idle(server)
     scheduler = server.state.scheduler

@@ -80,10 +80,9 @@ def load_draft(name: str, dtype: str = "float32", backend: str = "transformers")
             if backend == "transformers":
                 _LOADED[key] = load_model(name, dtype)
             else:
-                from ..models.llamacpp import LlamaCppTarget, locate_gguf
+                from ..models.llamacpp import locate_gguf
 
-                gguf = locate_gguf(name)
-                _LOADED[key] = (LlamaCppTarget(gguf, max_branches=1), load_tokenizer(name))
+                _LOADED[key] = (LlamaCppTarget(locate_gguf(name), max_branches=1), load_tokenizer(name))
         except ValueError as err:  # ModelNotInstalled's message already names the install command
             raise type(err)(f"draft model: {err}") from None
         except OSError as err:

@@ -34,6 +34,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .hf import column_layout, install_column_layout
+
 PREFILL_CHUNK = 256
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -169,6 +171,7 @@ class StaticTarget:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.column = install_column_layout(model)  # float32 on the CPU (the tests) computes as HFTarget
         window = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.context_window = min(window, max_len)
         self.sizes = tuple(sorted({int(s) for s in sizes}))
@@ -382,13 +385,14 @@ class StaticTarget:
         allowed = self.valid[None, :] | (inside[None, :] & from_tree)
         additive = torch.zeros(allowed.shape, dtype=self.dtype, device=ints.device)
         additive = additive.masked_fill(~allowed, torch.finfo(self.dtype).min)
-        out = self.model(
-            input_ids=ints[0, :size][None],
-            position_ids=ints[1, :size][None],
-            attention_mask=additive[None, None],
-            cache=self.cache,
-            use_cache=True,
-        )
+        with column_layout(self.column):
+            out = self.model(
+                input_ids=ints[0, :size][None],
+                position_ids=ints[1, :size][None],
+                attention_mask=additive[None, None],
+                cache=self.cache,
+                use_cache=True,
+            )
         return out.logits[0]  # [size, vocab]
 
     # ---- eager passes ------------------------------------------------------------------
@@ -402,14 +406,15 @@ class StaticTarget:
         self.cache.slots = torch.arange(hw, hw + n, device=self.device)
         self.cache.span = hw + n
         try:
-            out = self.model(
-                input_ids=torch.tensor([tokens], device=self.device),
-                position_ids=(depths.to(self.device) + self.length)[None],
-                attention_mask=additive[None, None],
-                cache=self.cache,
-                use_cache=True,
-                logits_to_keep=logits_to_keep,
-            )
+            with column_layout(self.column):
+                out = self.model(
+                    input_ids=torch.tensor([tokens], device=self.device),
+                    position_ids=(depths.to(self.device) + self.length)[None],
+                    attention_mask=additive[None, None],
+                    cache=self.cache,
+                    use_cache=True,
+                    logits_to_keep=logits_to_keep,
+                )
         finally:
             self.cache.span = self.capacity
         return out.logits[0]  # [n or logits_to_keep, vocab]
