@@ -70,8 +70,7 @@ def load_draft(name: str, dtype: str = "float32", backend: str = "transformers")
     the model's GGUF file (its own quantized weights and kernels, with the torch thread count),
     and the tokenizer of its transformers directory.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"draft-model option backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_backend(backend)
     key = (name, dtype if backend == "transformers" else f"threads={torch.get_num_threads()}", backend)
     if key not in _LOADED:
         from ..models.registry import load_model, load_tokenizer
@@ -88,6 +87,12 @@ def load_draft(name: str, dtype: str = "float32", backend: str = "transformers")
         except OSError as err:
             raise ValueError(f"draft model {name!r} could not be loaded: {err}") from None
     return _LOADED[key]
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"draft-model option backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -139,25 +144,26 @@ class DraftLM:
             self.lm.prefill(new[:-1])
             self.passes += 1
             new = new[-1:]
-        start = time.perf_counter()
-        logits = self.lm.forward(new, torch.arange(len(new)), None)[-1]  # [vocab]
-        self.lm.commit_all()
-        if len(new) == 1:  # a one-token pass, like `extend`: it measures the draft's cost too
-            self._extend_s += time.perf_counter() - start
-            self._extends += 1
-        self.passes += 1
+        logits = self._pass(new)
         self.seen = list(context)
         return logits
 
     def extend(self, token: int) -> torch.Tensor:
         """Append one token; next-token logits [vocab] after it."""
+        logits = self._pass([token])
+        self.seen.append(token)
+        return logits
+
+    def _pass(self, tokens: list[int]) -> torch.Tensor:
+        """Feed and commit `tokens`; logits [vocab] after the last. One-token passes are timed:
+        they are the cost of a draft pass."""
         start = time.perf_counter()
-        logits = self.lm.forward([token], torch.zeros(1, dtype=torch.long), None)[0]  # [vocab]
+        logits = self.lm.forward(tokens, torch.arange(len(tokens)), None)[-1]  # [vocab]
         self.lm.commit_all()
         self.passes += 1
-        self.seen.append(token)
-        self._extend_s += time.perf_counter() - start
-        self._extends += 1
+        if len(tokens) == 1:
+            self._extend_s += time.perf_counter() - start
+            self._extends += 1
         return logits
 
     def take_extends(self) -> tuple[float, int]:
@@ -377,9 +383,7 @@ class DraftModelDrafter(Drafter):
     ):
         if isinstance(tree_width, bool) or not isinstance(tree_width, int) or tree_width < 1:
             raise ValueError(f"draft-model option tree_width must be an integer >= 1, got {tree_width!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"draft-model option backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        self.backend = backend
+        self.backend = check_backend(backend)
         self.length = DraftLength(length, threshold, max_length)
         self.tree_width = tree_width
         self.dtype = dtype
