@@ -1,0 +1,121 @@
+"""The Target protocol: everything the engine, the drafters and the decoding modes may call on a model.
+
+A target holds a KV cache of `length` committed tokens. One verification step is
+
+    logits = target.forward(inputs, depths, mask)  # [n, vocab] float32, one pass
+    target.commit(keep)                            # keep the cache entries of a path of inputs
+
+`forward` appends n inputs at positions `length + depths`; input j attends to the whole cache
+and to the inputs that `mask[j]` marks (its tree ancestors and itself; None = causal chain).
+Row j of the logits is the next-token distribution after input j along its own path.
+`commit(keep)` keeps the inputs `keep` (ascending, a root-to-node path starting at input 0, or
+empty) and drops the rest, so the cache again holds committed tokens only. `trim(n)` drops
+committed tokens past n. Nothing else is hidden: positions are explicit, and between a forward
+and its commit no other call is allowed (`PendingGuard`).
+
+Capabilities say what a target can do beyond that protocol, so that a mode that needs more (the
+multi-output modes read a transformers model's own cache) fails with a message before it starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a target offers beyond the protocol."""
+
+    trimmable: bool = True  # trim(n) is supported (every target so far)
+    tree: bool = True  # forward accepts a tree mask, not only a causal chain
+    hf_model: bool = False  # `.model` is a transformers PreTrainedModel (multi-output modes need it)
+    batch_invariant: bool = False  # a row's logits are bitwise the same at any pass width and tree shape
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A causal LM with an explicit, trimmable KV cache (see the module docstring)."""
+
+    vocab_size: int
+    context_window: int  # most tokens the cache can hold
+    eos_ids: frozenset[int]
+    n_params: int
+    cache_key: str  # what measured pass costs are keyed on (model, weights, device, threads)
+    capabilities: Capabilities
+
+    @property
+    def length(self) -> int:
+        """Committed tokens in the cache."""
+        ...
+
+    def reset(self) -> None:
+        """Empty the cache."""
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Append and commit `tokens` (no logits: the engine feeds the last prompt token later)."""
+
+    def forward(self, tokens: Sequence[int], depths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Run inputs at positions length + depths; returns float32 logits [n, vocab]."""
+
+    def commit(self, keep: Sequence[int]) -> None:
+        """Keep the inputs `keep` of the last forward (a path from input 0, or empty)."""
+
+    def trim(self, length: int) -> None:
+        """Drop committed tokens beyond `length`."""
+
+
+class PendingGuard:
+    """The rule every target shares: a forward must be committed before anything else runs.
+
+    A target calls `start(n)` in forward, `check(action)` at the top of every other call that
+    touches the cache, and `done()` (which returns n) in commit.
+    """
+
+    def __init__(self) -> None:
+        self.pending = 0
+
+    def check(self, action: str) -> None:
+        if self.pending:
+            raise RuntimeError(f"commit() the previous forward before {action}")
+
+    def start(self, n: int) -> None:
+        self.check("running another")
+        self.pending = n
+
+    def done(self) -> int:
+        if not self.pending:
+            raise RuntimeError("commit() needs a forward() first")
+        n, self.pending = self.pending, 0
+        return n
+
+    def clear(self) -> None:
+        self.pending = 0
+
+
+def check_trim(length: int, committed: int) -> None:
+    """The one error message for a trim past the cache."""
+    if not 0 <= length <= committed:
+        raise ValueError(f"cannot trim a cache of {committed} tokens to {length}")
+
+
+def allowed_keys(tree_mask: torch.Tensor | None, n: int, cached: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[n, cached + n] bool: which keys (the cache, then the pass's own inputs) each input may see.
+
+    tree_mask: [n, n] bool (True = may attend), or None for a causal chain.
+    """
+    allowed = torch.ones(n, cached + n, dtype=torch.bool, device=device)
+    own = torch.ones(n, n, dtype=torch.bool, device=device).tril() if tree_mask is None else tree_mask.to(device)
+    allowed[:, cached:] = own
+    return allowed
+
+
+def additive_mask(tree_mask: torch.Tensor | None, n: int, cached: int, dtype: torch.dtype,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """[1, 1, n, cached + n] additive attention mask (0 where allowed, the dtype's minimum elsewhere)."""
+    allowed = allowed_keys(tree_mask, n, cached, device)
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    additive.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return additive[None, None]
