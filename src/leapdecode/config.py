@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import validate
 from .sampling import SamplingParams
+
+MAX_NEW_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -20,22 +23,24 @@ class GenerationConfig:
     sampling: SamplingParams = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
-        if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.budget is not None and self.budget != "auto" and (
-            isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1
-        ):
-            raise ValueError(
-                f"budget (draft tokens per step) must be an integer >= 1 or 'auto', got {self.budget!r}"
-            )
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "max_new_tokens", validate.integer(
+            "max_new_tokens", self.max_new_tokens, 0, MAX_NEW_TOKENS, example=128))
+        if self.budget is not None and self.budget != "auto":
+            object.__setattr__(self, "budget", validate.integer(
+                "budget (draft tokens per step)", self.budget, 1, 4096, example=8))
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        if any(not isinstance(s, str) or not s for s in stop):
+        if any(not isinstance(s, str) or not s or _has_surrogate(s) for s in stop):
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", stop)
         object.__setattr__(
             self, "sampling", SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)
         )
+
+
+def _has_surrogate(text: str) -> bool:
+    """Lone surrogates (e.g. from undecodable argv bytes) cannot be encoded as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

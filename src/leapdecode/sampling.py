@@ -1,7 +1,7 @@
 """Logits -> next-token probabilities: temperature, top-k, top-p.
 
 `make_sampler(temperature, top_k, top_p)` returns a callable that turns logits [..., vocab] into
-probabilities [..., vocab] of the distribution the model samples from. Temperature 0 means greedy;
+probabilities [..., vocab] of the distribution the model samples from. Temperature 0 (or below GREEDY_BELOW) means greedy;
 the greedy path never builds probabilities.
 """
 
@@ -12,7 +12,15 @@ from typing import Callable
 
 import torch
 
+from . import validate
+
 Warp = Callable[[torch.Tensor], torch.Tensor]
+
+# Below this temperature decoding is greedy (argmax), the T -> 0 limit of sampling. Above it the
+# warp divides in float64 after subtracting the row maximum, so logits/T never overflows to inf
+# or produces NaN: (l - max) / T <= 0 for every finite T >= GREEDY_BELOW and finite logits.
+GREEDY_BELOW = 1e-5
+MAX_TEMPERATURE = 1e4
 
 
 @dataclass(frozen=True)
@@ -23,16 +31,19 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 = no limit), got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        t = validate.number("temperature", self.temperature, 0.0, MAX_TEMPERATURE, example=0.7)
+        object.__setattr__(self, "temperature", t)
+        object.__setattr__(self, "top_k", validate.integer("top_k", self.top_k, 0, 2**31 - 1, example=50))
+        object.__setattr__(self, "top_p", validate.number("top_p", self.top_p, 0.0, 1.0, open_low=True,
+                                                          example=0.9))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", validate.integer("seed", self.seed, validate.SEED_MIN,
+                                                              validate.SEED_MAX, example=1234))
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperatures below GREEDY_BELOW are greedy: the limit of sampling as T -> 0."""
+        return self.temperature < GREEDY_BELOW
 
 
 def make_warp(params: SamplingParams) -> Warp:
@@ -41,7 +52,8 @@ def make_warp(params: SamplingParams) -> Warp:
         raise ValueError("greedy decoding has no sampling distribution; use argmax")
 
     def warp(logits: torch.Tensor) -> torch.Tensor:
-        scores = logits.float() / params.temperature
+        shifted = logits.double() - logits.double().amax(dim=-1, keepdim=True)
+        scores = shifted / params.temperature  # <= 0 everywhere; float64 keeps tiny T finite
         if params.top_k and params.top_k < scores.shape[-1]:
             kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -52,7 +64,7 @@ def make_warp(params: SamplingParams) -> Warp:
             drop_sorted = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= params.top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             scores = scores.masked_fill(drop, float("-inf"))
-        return torch.softmax(scores, dim=-1)
+        return torch.softmax(scores, dim=-1).float()
 
     return warp
 

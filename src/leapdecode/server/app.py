@@ -20,11 +20,13 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+import hmac
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..drafters import DEFAULT_METHOD, DRAFTERS
 from ..engine import Engine, Generation
@@ -34,6 +36,15 @@ from .protocol import APIError, GenRequest, invalid
 from .scheduler import Job, QueueFull, Scheduler
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
+MAX_BODY_BYTES = 4 * 2**20  # a request body larger than this is a 413 (create_app / --max-body-bytes)
+CHARS_PER_TOKEN = 8  # a prompt may have at most this many characters per context-window token
+# drafters that need options a request cannot give (a datastore, a second model): refused cleanly
+NEEDS_OPTIONS = {
+    "retrieval": "the retrieval method needs a datastore (--opt store=...), which this server does not "
+                 "take; use it with `leapdecode generate`, or choose another method",
+    "draft-model": "the draft-model method needs a draft model (--draft-model), which this server does not "
+                   "take; use it with `leapdecode generate`, or choose another method",
+}
 CLIENT_CLOSED = 499  # the status nginx logs for "client closed the request"; never seen by a client
 
 
@@ -43,11 +54,25 @@ def create_app(
     model_name: str | None = None,
     method: str = DEFAULT_METHOD,
     max_queue: int = 64,
+    api_key: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    request_timeout: float | None = None,
 ) -> FastAPI:
-    """A FastAPI app serving `engine` (or the engine a factory returns at startup)."""
+    """A FastAPI app serving `engine` (or the engine a factory returns at startup).
+
+    api_key: if set, every endpoint but /health needs `Authorization: Bearer <api_key>` (else 401).
+    allowed_hosts: if set, a request whose Host header (port ignored) is not one of these is a 421
+    (DNS rebinding: a web page cannot reach a loopback server through a name it controls).
+    max_body_bytes: larger bodies are a 413, refused before they are read whole.
+    request_timeout: seconds a request may run on the worker; then it stops with a 504 / error event.
+    """
     if method not in DRAFTERS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(DRAFTERS)}")
+    if method in NEEDS_OPTIONS:
+        raise ValueError(NEEDS_OPTIONS[method])
     server = Server(engine, model_name, method, Scheduler(max_queue))
+    server.request_timeout = request_timeout
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,20 +82,24 @@ def create_app(
 
     app = FastAPI(title="leapdecode", lifespan=lifespan)
     app.state.server = server
+    app.add_middleware(Guard, api_key=api_key, allowed_hosts=allowed_hosts)
     app.add_middleware(CountRequests, metrics=server.metrics)
+    app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = protocol.parse_json(await request.body())
+        body = protocol.parse_json(await read_body(request, max_body_bytes))
         gen = protocol.parse_completion(body, server.model_names, server.default_method)
+        server.check(gen)
         return await server.serve(gen, request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = protocol.parse_json(await request.body())
+        body = protocol.parse_json(await read_body(request, max_body_bytes))
         gen = protocol.parse_chat(body, server.model_names, server.default_method)
+        server.check(gen)
         return await server.serve(gen, request)
 
     @app.get("/v1/models")
@@ -110,6 +139,7 @@ class Server:
         self.scheduler = scheduler
         self.metrics = Metrics()
         self.created = int(time.time())
+        self.request_timeout: float | None = None
 
     async def start(self) -> None:
         if self.engine is None:  # load on the event loop thread: nothing is served before it
@@ -126,6 +156,13 @@ class Server:
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "leapdecode"}
+
+    def check(self, gen: GenRequest) -> None:
+        """Checks made on the event loop before queueing: cheap, no tokenizer."""
+        if gen.method in NEEDS_OPTIONS:
+            raise invalid("method", NEEDS_OPTIONS[gen.method], "unsupported_parameter")
+        window = getattr(getattr(self.engine, "target", None), "context_window", None) or 8192
+        protocol.check_prompt_size(gen.prompt, CHARS_PER_TOKEN * window)
 
     # ---- one request ------------------------------------------------------------------
     async def serve(self, gen: GenRequest, request: Request) -> Response:
@@ -162,6 +199,7 @@ class Server:
 
         def work(job: Job) -> None:
             engine = self.engine
+            deadline = None if self.request_timeout is None else time.monotonic() + self.request_timeout
             ids = _encode(engine, gen)
             stream = engine.stream(ids, gen.config, gen.method, chat=False)
             job.emit("start", len(ids))
@@ -169,6 +207,13 @@ class Server:
                 if job.cancelled:
                     self.metrics.cancellation()
                     job.emit("cancelled")
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    self.metrics.cancellation()
+                    job.emit("error", APIError(
+                        504, f"the request ran past the server's time limit of {self.request_timeout} s; "
+                        "ask for fewer tokens (max_tokens) or raise --request-timeout",
+                        type="timeout_error", code="request_timeout"))
                     return
                 if gen.stream:
                     job.emit("delta", delta)
@@ -247,6 +292,38 @@ def _encode(engine: Engine, gen: GenRequest) -> list[int]:
         raise invalid(param, f"the prompt has {len(ids)} tokens but the model's context window is {window}; "
                       "shorten the prompt", "context_length_exceeded")
     return ids
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its body was being read (logged as 499)."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes: by Content-Length before reading, and by
+    counting while reading (a chunked body has none). A client that aborts the upload is a 499."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise _too_large(limit)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone() from None
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than this server's limit of {limit} bytes; "
+                    "send a shorter prompt (or start the server with a larger --max-body-bytes)",
+                    code="request_too_large")
+
+
+async def _client_gone(request: Request, err: ClientGone) -> Response:
+    return Response(status_code=CLIENT_CLOSED)
 
 
 async def _disconnected(request: Request) -> None:
@@ -343,3 +420,54 @@ class CountRequests:
             await self.app(scope, receive, counting_send)
         finally:
             self.metrics.request(endpoint, status)
+
+
+class Guard:
+    """ASGI middleware: Host header check (DNS rebinding), Bearer API key, JSON content type.
+
+    /health stays open to every client that passes the Host check."""
+
+    def __init__(self, app: Any, api_key: str | None, allowed_hosts: Sequence[str] | None):
+        self.app, self.api_key = app, api_key
+        self.allowed = None if allowed_hosts is None or "*" in allowed_hosts else {
+            h.lower().strip("[]") for h in allowed_hosts}
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        error = self._refusal(scope)
+        if error is not None:
+            await JSONResponse(error.body(), status_code=error.status,
+                               headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+                               )(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: dict) -> APIError | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.allowed is not None:
+            host = _hostname(headers.get("host", ""))
+            if host not in self.allowed:
+                return APIError(421, f"the Host header {headers.get('host', '')!r} is not one this server "
+                                "answers to; start it with --allowed-host NAME to allow it", code="bad_host")
+        if self.api_key is not None and scope["path"] != "/health":
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+                return APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>' "
+                                "(the key given by --api-key or LEAPDECODE_API_KEY)",
+                                type="authentication_error", code="invalid_api_key")
+        if scope["method"] == "POST":
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return APIError(415, f"the request body must be JSON, sent with 'Content-Type: "
+                                f"application/json' (got {kind or 'none'!r})", code="unsupported_media_type")
+        return None
+
+
+def _hostname(host: str) -> str:
+    """'127.0.0.1:8000' -> '127.0.0.1'; '[::1]:8000' -> '::1'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from typing import Any
 
 from ..drafters import DEFAULT_METHOD, DRAFTERS
@@ -28,6 +30,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for the model; more are answered 429 (default 64)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                   "(default: the env var LEAPDECODE_API_KEY, else no key)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host header to answer besides the bound address (repeatable; '*' = any)")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="larger request bodies are answered 413 (default 4 MiB)")
+    p.add_argument("--request-timeout", type=float, default=None, metavar="S",
+                   help="stop a request after S seconds on the model (504 / an error event); default none")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 
@@ -41,6 +52,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-queue must be >= 1, got {args.max_queue}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    from .. import validate
+    from .app import MAX_BODY_BYTES, NEEDS_OPTIONS
+
+    if args.method in NEEDS_OPTIONS:
+        raise ValueError(NEEDS_OPTIONS[args.method].replace("this server does not take", "`serve` does not take"))
+    body_limit = validate.integer("--max-body-bytes", args.max_body_bytes if args.max_body_bytes is not None
+                                  else MAX_BODY_BYTES, 1024, 2**40, example=MAX_BODY_BYTES)
+    timeout = None if args.request_timeout is None else validate.number(
+        "--request-timeout", args.request_timeout, 0.0, 1e7, open_low=True, example=60)
+    api_key = args.api_key if args.api_key is not None else os.environ.get("LEAPDECODE_API_KEY") or None
+    sock = _bind(args.host, args.port)  # before loading the model: a busy port fails fast
     try:
         import uvicorn
 
@@ -55,7 +77,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    engine = load(args.model, args.dtype)  # before binding the port: a bad model fails fast
-    app = create_app(engine, model_name=args.model, method=args.method, max_queue=args.max_queue)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        engine = load(args.model, args.dtype)
+    except BaseException:
+        sock.close()
+        raise
+    app = create_app(engine, model_name=args.model, method=args.method, max_queue=args.max_queue,
+                     api_key=api_key, allowed_hosts=allowed_hosts(args.host, args.allowed_host),
+                     max_body_bytes=body_limit, request_timeout=timeout)
+    config = uvicorn.Config(app, log_level=args.log_level)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str]:
+    """The Host headers to answer: the bound address (all loopback names for a loopback bind)."""
+    if "*" in extra:
+        return ["*"]
+    names = list(LOOPBACK) if host in LOOPBACK or host.startswith("127.") else [host]
+    if host in ("0.0.0.0", "::"):  # every interface: the user names the hosts, or we allow any
+        return ["*"] if not extra else [*LOOPBACK, *extra]
+    return [*names, *extra]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}; choose another --port "
+                         "(or stop what uses it)") from None
+    sock.set_inheritable(True)
+    return sock

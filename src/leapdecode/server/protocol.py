@@ -13,11 +13,11 @@ is token-identical to `leapdecode generate`. Extra fields: `method` (a drafter n
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import GenerationConfig
+from .. import validate
 from ..drafters import DRAFTERS
 
 DEFAULT_MAX_TOKENS = 128
@@ -109,13 +109,13 @@ def _request(
     if not isinstance(options, dict):
         raise invalid("stream_options", "stream_options must be an object")
     fields = dict(
-        max_new_tokens=_integer(body, limit, DEFAULT_MAX_TOKENS, minimum=0),
+        max_new_tokens=_integer(body, limit, DEFAULT_MAX_TOKENS, minimum=0, maximum=2**31 - 1),
         temperature=_number(body, "temperature", DEFAULT_TEMPERATURE, 0.0, 2.0, "in [0, 2] (0 = greedy)"),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, "in (0, 1]", open_low=True),
-        top_k=_integer(body, "top_k", 0, minimum=0),
-        seed=_integer(body, "seed", None, minimum=-(2**63), maximum=2**64 - 1),  # torch's seed range
+        top_k=_integer(body, "top_k", 0, minimum=0, maximum=2**31 - 1),
+        seed=_integer(body, "seed", None, minimum=validate.SEED_MIN, maximum=validate.SEED_MAX),
         stop=_stop(body.get("stop")),
-        budget=_integer(body, "budget", None, minimum=1),
+        budget=_integer(body, "budget", None, minimum=1, maximum=4096),
     )
     try:
         config = GenerationConfig(**fields)
@@ -164,15 +164,10 @@ def _integer(
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(name, f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise invalid(name, f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise invalid(name, f"{name} must be <= {maximum}, got {value}")
-    return value
+    try:
+        return validate.integer(name, value, minimum, maximum)
+    except ValueError as err:
+        raise invalid(name, str(err)) from None
 
 
 def _number(
@@ -181,11 +176,10 @@ def _number(
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise invalid(name, f"{name} must be a number {expected}, got {value!r}")
-    if value < low or value > high or (open_low and value == low):
-        raise invalid(name, f"{name} must be {expected}, got {value!r}")
-    return float(value)
+    try:
+        return validate.number(name, value, low, high, open_low=open_low)
+    except ValueError as err:
+        raise invalid(name, f"{err}; {name} must be {expected}") from None
 
 
 def _stop(value: Any) -> tuple[str, ...]:
@@ -204,7 +198,7 @@ def _prompt(value: Any) -> str | list[int]:
     if isinstance(value, str):
         if not value.strip():
             raise invalid("prompt", "the prompt is empty; pass some text to continue")
-        return value
+        return _utf8(value, "prompt")
     if isinstance(value, list) and value and all(type(t) is int and t >= 0 for t in value):
         return list(value)
     if isinstance(value, list) and len(value) > 1 and all(isinstance(p, (str, list)) for p in value):
@@ -232,7 +226,7 @@ def _content(content: Any, param: str) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return _utf8(content, f"{param}.content")
     if isinstance(content, list):
         parts = []
         for part in content:
@@ -240,8 +234,31 @@ def _content(content: Any, param: str) -> str:
                 raise invalid(f"{param}.content", "only text content parts are supported",
                               "unsupported_parameter")
             parts.append(part["text"])
-        return "".join(parts)
+        return _utf8("".join(parts), f"{param}.content")
     raise invalid(f"{param}.content", "content must be a string or a list of text parts")
+
+
+def _utf8(text: str, param: str) -> str:
+    """JSON may carry lone surrogates (\\ud800), which no tokenizer can encode: a 400, not a 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise invalid(param, f"{param} is not valid Unicode (a lone surrogate at character {err.start}); "
+                      "send UTF-8 text") from None
+    return text
+
+
+def check_prompt_size(prompt: Any, max_chars: int) -> None:
+    """Refuse a prompt longer than max_chars characters before anything tokenizes it."""
+    if isinstance(prompt, str):
+        size, param = len(prompt), "prompt"
+    elif prompt and isinstance(prompt[0], dict):
+        size, param = sum(len(m["content"]) + len(m["role"]) for m in prompt), "messages"
+    else:
+        size, param = len(prompt), "prompt"
+    if size > max_chars:
+        raise invalid(param, f"the {param} has {size} characters but this server takes at most {max_chars} "
+                      "(a few per context-window token); shorten it", "context_length_exceeded")
 
 
 def parse_json(raw: bytes) -> Any:
