@@ -88,7 +88,7 @@ def _add_models(sub: Any) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .config import GenerationConfig
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_prompt(args.prompt)
     if not prompt.strip():
         raise UsageError("the prompt is empty; pass some text to continue")
     if args.mode != "speculative":
@@ -120,6 +120,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print()
         print(f"[{args.method}] {result.stats.line()}, finish: {result.finish_reason}", file=sys.stderr)
     return 0
+
+
+def read_prompt(text: str) -> str:
+    """The prompt from argv (or stdin for '-'), refused in one line unless it is valid UTF-8."""
+    if text == "-":
+        raw = sys.stdin.buffer.read()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UsageError(f"standard input is not valid UTF-8 (byte {err.start}); "
+                             "convert it first, e.g. iconv -f latin1 -t utf-8") from None
+    try:
+        text.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
+    except UnicodeEncodeError as err:
+        raise UsageError(f"the prompt is not valid UTF-8 (character {err.start}); "
+                         "pass UTF-8 text or use '-' with a UTF-8 file on stdin") from None
+    return text
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -179,13 +196,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here at the latest
+        return code
+    except BrokenPipeError:
+        return _pipe_closed()
     except (ValueError, FileNotFoundError) as err:  # UsageError, ModelNotInstalled, config errors
         print(f"leapdecode {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away (`| head`): stop quietly with exit 0, the pipeline's business.
+    stdout is pointed at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         from ..models.cuda import require_cuda
 
         require_cuda()
-    questions_file = Path(args.questions) if args.questions else default_questions_path()
+    questions_file = _questions_file(args.questions) if args.questions else default_questions_path()
     categories = _split(args.categories, "--categories") if args.categories is not None else None
     questions = select_questions(load_questions(questions_file), categories, args.limit_per_category)
     out = Path(args.out)
@@ -278,3 +278,15 @@ def settings(plan: Plan, engine: Any, setup: Any, finished: list[Question]) -> d
         "llamacpp_n_ctx": setup.n_ctx if setup.gguf is not None else None,
         "command": shlex.join(command),
     }
+
+
+def _questions_file(text: str) -> Path:
+    """--questions FILE.jsonl, or a directory holding exactly one .jsonl file."""
+    path = Path(text)
+    if not path.is_dir():
+        return path
+    found = sorted(path.glob("*.jsonl"))
+    if len(found) != 1:
+        raise ValueError(f"--questions {text}: a directory must hold exactly one .jsonl questions file "
+                         f"(found {len(found)}); pass the file itself, e.g. --questions {path / 'question.jsonl'}")
+    return found[0]

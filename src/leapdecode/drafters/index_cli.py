@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -22,6 +23,14 @@ def run(args: argparse.Namespace) -> int:
     from ..models.registry import resolve
     from .retrieval import build_store_from_text
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {args.out} is a directory; give a file name for the store, "
+                         f"e.g. --out {out / 'store.npz'}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {args.out}: the directory {str(out.parent)!r} does not exist; create it first")
+    if not Path(args.corpus).is_file():
+        raise ValueError(f"the corpus {args.corpus!r} is not a file; pass a UTF-8 text file")
     tokenizer = AutoTokenizer.from_pretrained(resolve(args.model), local_files_only=True)
     store = build_store_from_text(args.corpus, tokenizer, args.out, split=args.split)
     print(f"wrote {args.out}: {len(store.tokens)} tokens, {store.num_documents} documents", file=sys.stderr)

@@ -162,6 +162,9 @@ class LlamaCppTarget:
         path = Path(gguf)
         if not is_gguf(path):
             raise ValueError(f"{path} is not a GGUF file: --backend llamacpp needs a GGUF model")
+        from .packaged import check_gguf
+
+        check_gguf(path)  # a truncated file: one line with the sizes, not a failed load
         self.threads = int(threads or torch.get_num_threads())
         self.max_branches = max_branches
         self.held_seq = max_branches + 1  # rejected cells kept occupied, visible to no input

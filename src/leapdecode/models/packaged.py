@@ -35,6 +35,8 @@ __all__ = [
     "PackagedModel",
     "convert_to_hf_dir",
     "gguf_path",
+    "check_gguf",
+    "CorruptModelFile",
     "install_command",
     "is_installed",
     "missing_packages",
@@ -360,6 +362,7 @@ def convert_to_hf_dir(gguf_file: Path, out_dir: Path, progress: bool = True) -> 
     out_dir = Path(out_dir)
     if not gguf_file.is_file():
         raise FileNotFoundError(gguf_file)
+    check_gguf(gguf_file)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
@@ -432,3 +435,92 @@ def _quiet_gguf_progress(quiet: bool):
         mod.tqdm = original
 
     return undo
+
+
+class CorruptModelFile(ValueError):
+    """A GGUF file that is truncated or not a GGUF file: one line naming the file and the sizes."""
+
+
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def check_gguf(path: Path) -> None:
+    """Check a GGUF file's magic, header and that every tensor's data fits in the file, so a
+    truncated or corrupt file fails with its size and the expected one, not a deep traceback."""
+    import struct
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        data = f.read(min(size, 64 * 2**20))  # the header and tensor table live at the start
+
+    def bad(why: str) -> CorruptModelFile:
+        return CorruptModelFile(f"{path} is truncated or corrupt ({why}; the file has {size} bytes); "
+                                "download or install it again")
+
+    if data[:4] != b"GGUF":
+        raise bad(f"it does not start with the GGUF magic bytes, got {data[:4]!r}")
+    pos = 4
+
+    def take(fmt: str) -> Any:
+        nonlocal pos
+        n = struct.calcsize(fmt)
+        if pos + n > len(data):
+            raise bad(f"the header ends early at byte {pos}")
+        (value,) = struct.unpack_from(fmt, data, pos)
+        pos += n
+        return value
+
+    def string() -> bytes:
+        nonlocal pos
+        n = take("<Q")
+        if pos + n > len(data):
+            raise bad(f"a header string of {n} bytes at byte {pos} runs past the end")
+        pos += n
+        return data[pos - n:pos]
+
+    def value(kind: int) -> Any:
+        if kind == 8:
+            return string()
+        if kind == 9:
+            inner, count = take("<I"), take("<Q")
+            if count > len(data):
+                raise bad(f"an array of {count} items at byte {pos}")
+            return [value(inner) for _ in range(count)]
+        if kind not in _SCALAR:
+            raise bad(f"unknown metadata type {kind} at byte {pos}")
+        return take(_SCALAR[kind])
+
+    version = take("<I")
+    if version not in (1, 2, 3):
+        raise bad(f"unknown GGUF version {version}")
+    n_tensors, n_kv = take("<Q"), take("<Q")
+    if n_tensors > 10**6 or n_kv > 10**6:
+        raise bad(f"implausible counts: {n_tensors} tensors, {n_kv} metadata entries")
+    alignment = 32
+    for _ in range(n_kv):
+        key = string()
+        item = value(take("<I"))
+        if key == b"general.alignment" and isinstance(item, int) and item > 0:
+            alignment = item
+    try:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    except ImportError:  # without gguf we cannot size the tensors; the header was fine
+        return
+    end = 0
+    for _ in range(n_tensors):
+        name = string()
+        dims = [take("<Q") for _ in range(take("<I"))]
+        kind, offset = take("<I"), take("<Q")
+        try:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+        except (ValueError, KeyError):
+            raise bad(f"tensor {name.decode(errors='replace')!r} has an unknown type {kind}") from None
+        count = 1
+        for d in dims:
+            count *= d
+        end = max(end, offset + count // block * type_size)
+    start = -(-pos // alignment) * alignment
+    if start + end > size:
+        raise CorruptModelFile(f"{path} is truncated: its tensors need {start + end} bytes but the file has "
+                               f"{size}; download or install it again")

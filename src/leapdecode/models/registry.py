@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .packaged import PACKAGED, ModelNotInstalled, convert_to_hf_dir, gguf_path, install_command, is_installed
+from .packaged import PACKAGED, ModelNotInstalled, check_gguf, convert_to_hf_dir, gguf_path, install_command, is_installed
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("float32", "bfloat16")
@@ -38,6 +38,7 @@ def resolve(name: str) -> Path:
     if path.is_dir() and (path / "config.json").exists():
         return path
     if path.is_file() and path.suffix == ".gguf":
+        check_gguf(path)
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         out = cache_dir() / "hf" / f"{path.stem}-{key}"
