@@ -28,7 +28,14 @@ class GenerationConfig:
         if self.budget is not None and self.budget != "auto":
             object.__setattr__(self, "budget", validate.integer(
                 "budget (draft tokens per step)", self.budget, 1, 4096, example=8))
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if self.stop is None:
+            stop: tuple = ()
+        elif isinstance(self.stop, str):
+            stop = (self.stop,)
+        elif isinstance(self.stop, (list, tuple)):
+            stop = tuple(self.stop)
+        else:
+            raise ValueError(f"stop must be a string or a list of strings, got {self.stop!r}")
         if any(not isinstance(s, str) or not s or _has_surrogate(s) for s in stop):
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", stop)
