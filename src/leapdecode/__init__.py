@@ -46,11 +46,11 @@ def load(model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu
 
         require_cuda(device)  # before loading anything
         hf_model, tokenizer = load_model(model, dtype, device)
-        target = StaticTarget(hf_model, max_len=max_len)
+        target = StaticTarget(hf_model, max_len=max_len, tokenizer=tokenizer)
         target.capture()  # compile and capture every pass size now, not inside the first requests
         return Engine(target, tokenizer, name=model)
     hf_model, tokenizer = load_model(model, dtype, device)
-    return Engine(HFTarget(hf_model), tokenizer, name=model)
+    return Engine(HFTarget(hf_model, tokenizer), tokenizer, name=model)
 
 
 def _load_llamacpp(model: str, dtype: str, device: str, max_len: int) -> Engine:

@@ -13,13 +13,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
-import torch
 
 from . import tree, verify
 from .config import GenerationConfig
 from .drafters import DEFAULT_METHOD, Draft, Drafter, StepResult, make_drafter
 from .budget import AutoBudget, cached_pass_costs
-from .models.hf import HFTarget
+from .models.base import Target, eos_ids_of  # noqa: F401  (eos_ids_of: re-exported for old imports)
 from .sampling import make_generator, make_warp
 
 
@@ -73,11 +72,11 @@ class Generation:
 class Engine:
     """A target model, its tokenizer and the loop that decodes with any drafter."""
 
-    def __init__(self, target: HFTarget, tokenizer: Any, name: str = "model"):
+    def __init__(self, target: Target, tokenizer: Any, name: str = "model"):
         self.target = target
         self.tokenizer = tokenizer
         self.name = name
-        self.eos_ids = eos_ids_of(target.model, tokenizer)
+        self.eos_ids = target.eos_ids
         self._pass_costs: dict[str, dict[int, float]] = {}
 
     # ---- public API -------------------------------------------------------------------
@@ -146,7 +145,7 @@ class Engine:
         """Seconds per verification pass by number of inputs, measured once per machine setup."""
         from .models.registry import cache_dir
 
-        key = f"{self.name}|{self.target.dtype}|{self.target.device}|threads={torch.get_num_threads()}"
+        key = f"{self.name}|{self.target.cache_key}"
         if key not in self._pass_costs:
             self._pass_costs[key] = cached_pass_costs(self.target, key, cache_dir() / "pass_costs.json")
         return self._pass_costs[key]
@@ -214,16 +213,6 @@ def _clean(draft: Draft, vocab_size: int, budget: int) -> Draft:
     new_parents = tuple(-1 if parents[i] == -1 else kept[parents[i]] for i in kept)
     probs = None if draft.probs is None else draft.probs[list(kept)]
     return Draft(tokens, new_parents, probs)
-
-
-def eos_ids_of(model: Any, tokenizer: Any) -> set[int]:
-    """End-of-sequence ids from the generation config, the model config and the tokenizer."""
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if value is not None:
-            ids.update([value] if isinstance(value, int) else value)
-    return ids
 
 
 class Stream:

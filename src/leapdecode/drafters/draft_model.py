@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..engine import eos_ids_of
+from ..models.base import eos_ids_of
 from ..models.hf import HFTarget
 from ..models.llamacpp import LlamaCppTarget
 from ..sampling import SamplingParams, make_generator, make_warp
@@ -441,10 +441,10 @@ class DraftModelDrafter(Drafter):
                 raise ValueError(self._no_model_message(engine))
             self._bind(name)
         self.target_vocab = engine.target.vocab_size
-        self._warn_if_larger(engine.target.model)
+        self._warn_if_larger(engine.target.n_params)
         # the engine builds a drafter per request: keep what the length policy learned per pair
-        draft_key = self.model_name or id(self.lm.lm.model)
-        key = (draft_key, self.dtype, self.backend, id(engine.target.model), self.length.settings)
+        draft_key = self.model_name or id(self.lm.lm)
+        key = (draft_key, self.dtype, self.backend, id(engine.target), self.length.settings)
         self.length = _LEARNED.setdefault(key, self.length)
         self._cross = None
         if self.tokenizer is not None and not same_vocabulary(self.tokenizer, engine.tokenizer):
@@ -452,7 +452,7 @@ class DraftModelDrafter(Drafter):
 
             self._cross = CrossTokenizerDrafter(
                 self.lm, self.tokenizer, engine.tokenizer, self.length,
-                target_eos=_target_eos(engine), draft_eos=frozenset(eos_ids_of(self.lm.lm.model, self.tokenizer)),
+                target_eos=_target_eos(engine), draft_eos=self.lm.lm.eos_ids | eos_ids_of(None, self.tokenizer),
             )
 
     def _no_model_message(self, engine: Any = None) -> str:
@@ -463,8 +463,8 @@ class DraftModelDrafter(Drafter):
             f"model=NAME (CLI: --draft-model NAME); packaged pairs: {pairs}"
         )
 
-    def _warn_if_larger(self, target_model: Any) -> None:
-        draft, target = model_size(self.lm.lm.model), model_size(target_model)
+    def _warn_if_larger(self, target: int) -> None:
+        draft = self.lm.lm.n_params
         if draft > target:
             warnings.warn(
                 f"the draft model ({draft / 1e6:.0f}M parameters) is larger than the target "

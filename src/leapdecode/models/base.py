@@ -20,7 +20,7 @@ multi-output modes read a transformers model's own cache) fails with a message b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -85,9 +85,12 @@ class PendingGuard:
         self.check("running another")
         self.pending = n
 
-    def done(self) -> int:
+    def check_pending(self) -> None:
         if not self.pending:
             raise RuntimeError("commit() needs a forward() first")
+
+    def done(self) -> int:
+        self.check_pending()
         n, self.pending = self.pending, 0
         return n
 
@@ -119,3 +122,18 @@ def additive_mask(tree_mask: torch.Tensor | None, n: int, cached: int, dtype: to
     additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
     additive.masked_fill_(~allowed, torch.finfo(dtype).min)
     return additive[None, None]
+
+
+def eos_ids_of(model: Any, tokenizer: Any = None) -> frozenset[int]:
+    """End-of-sequence ids from a transformers model's generation config and config, and the tokenizer."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is not None:
+            ids.update([value] if isinstance(value, int) else value)
+    return frozenset(ids)
+
+
+def threads_key(device: Any) -> str:
+    """The part of a pass-cost key that says where a pass ran: device and torch threads now."""
+    return f"{device}|threads={torch.get_num_threads()}"

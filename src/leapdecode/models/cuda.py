@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .base import Capabilities, PendingGuard, check_trim, eos_ids_of, threads_key
 from .hf import column_layout, install_column_layout
 
 PREFILL_CHUNK = 256
@@ -166,11 +167,14 @@ class StaticTarget:
         compile: bool | None = None,
         pad: bool | None = None,
         dynamic: bool = True,
+        tokenizer: Any = None,
     ):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.eos_ids = eos_ids_of(model, tokenizer)
+        self.n_params = model.num_parameters()
         self.column = install_column_layout(model)  # float32 on the CPU (the tests) computes as HFTarget
         window = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.context_window = min(window, max_len)
@@ -202,12 +206,22 @@ class StaticTarget:
         self.capture_s = 0.0  # seconds spent compiling and capturing
         self.reset()
 
-    # ---- the HFTarget interface ----------------------------------------------------------
+    # ---- the Target protocol ------------------------------------------------------------
+    capabilities = Capabilities(hf_model=True)  # `.model` is the transformers model itself
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.dtype}|{threads_key(self.device)}"
+
+    def captured_sizes(self) -> list[int]:
+        """The pass sizes whose graphs (or padded passes) exist so far, ascending."""
+        return sorted(self._passes)
+
     def reset(self) -> None:
         self.length = 0  # committed tokens
         self._hw = 0  # first slot never written since the last compaction; all slots >= hw are invalid
         self._slots: list[int] = []  # slot of each committed token, increasing
-        self._pending = 0  # inputs of the last forward, not yet committed
+        self._guard = PendingGuard()  # inputs of the last forward, not yet committed
         self._pending_hw = 0
         self.valid.fill_(False)
 
@@ -218,7 +232,7 @@ class StaticTarget:
             chunk = list(tokens[start : start + PREFILL_CHUNK])
             self._begin(len(chunk))
             self._eager(chunk, torch.arange(len(chunk)), None, logits_to_keep=1)
-            self._pending = len(chunk)
+            self._guard.start(len(chunk))
             self.commit_all()
 
     @torch.inference_mode()
@@ -235,11 +249,12 @@ class StaticTarget:
             logits = self._eager(tokens, depths, mask, logits_to_keep=0)  # [n, vocab]
         else:
             logits = self._replay(size, tokens, depths, mask)[:n]
-        self._pending = n
+        self._guard.start(n)
         return logits.float() if logits.dtype != torch.float32 else logits.clone()
 
     def commit(self, keep: Sequence[int]) -> None:
         """Keep inputs `keep` (ascending indices into the last forward): mark their slots valid."""
+        self._guard.done()
         keep = list(keep)
         hw = self._pending_hw
         if keep:
@@ -251,17 +266,14 @@ class StaticTarget:
             self._slots.extend(hw + j for j in keep)
             self._hw = hw + keep[-1] + 1  # the rejected slots below stay invalid
         self.length += len(keep)
-        self._pending = 0
 
     def commit_all(self) -> None:
-        self.commit(range(self._pending))
+        self.commit(range(self._guard.pending))
 
     def trim(self, length: int) -> None:
         """Drop committed tokens beyond `length`: move the high-water mark back."""
-        if self._pending:
-            raise RuntimeError("commit() the previous forward before trimming")
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot trim a cache of {self.length} tokens to {length}")
+        self._guard.check("trimming")
+        check_trim(length, self.length)
         hw = self._slots[length - 1] + 1 if length else 0
         self.valid[hw : self._hw] = False
         del self._slots[length:]
@@ -269,8 +281,7 @@ class StaticTarget:
 
     def compact(self) -> None:
         """Move the committed tokens to slots 0..length-1 (an on-device gather per layer)."""
-        if self._pending:
-            raise RuntimeError("commit() the previous forward before compacting")
+        self._guard.check("compacting")
         if self._slots != list(range(self.length)):
             src = torch.tensor(self._slots, device=self.device)
             dst = torch.arange(self.length, device=self.device)
@@ -309,8 +320,7 @@ class StaticTarget:
 
     def _begin(self, width: int) -> None:
         """Check that no forward is pending and make `width` free slots exist past hw."""
-        if self._pending:
-            raise RuntimeError("commit() the previous forward before running another")
+        self._guard.check("running another")
         if self.length + width > self.capacity:
             raise ValueError(
                 f"{self.length} cached tokens + a pass of {width} inputs exceed this target's "

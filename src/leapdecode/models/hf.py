@@ -26,10 +26,12 @@ from __future__ import annotations
 import threading
 import types
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+
+from .base import Capabilities, PendingGuard, additive_mask, check_trim, eos_ids_of, threads_key
 
 PREFILL_CHUNK = 512
 
@@ -75,23 +77,32 @@ def column_layout(on: bool = True) -> Iterator[None]:
 
 
 class HFTarget:
-    """A transformers causal LM seen as: forward(tokens, depths, mask) -> logits, commit, trim."""
+    """A transformers causal LM as a Target: forward(tokens, depths, mask) -> logits, commit, trim."""
 
-    def __init__(self, model: PreTrainedModel):
+    capabilities = Capabilities(hf_model=True)
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any = None):
+        """tokenizer: adds its eos token to the model config's (optional)."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.context_window = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.eos_ids = eos_ids_of(model, tokenizer)
+        self.n_params = model.num_parameters()
         self.cache = DynamicCache()
         self.length = 0  # committed tokens in the cache
-        self._pending = 0  # inputs appended by the last forward, not yet committed
+        self._guard = PendingGuard()  # inputs appended by the last forward, not yet committed
         self.column = install_column_layout(self.model)
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.dtype}|{threads_key(self.device)}"
 
     def reset(self) -> None:
         self.cache = DynamicCache()
         self.length = 0
-        self._pending = 0
+        self._guard.clear()
 
     @torch.inference_mode()
     def prefill(self, tokens: Sequence[int]) -> None:
@@ -107,20 +118,18 @@ class HFTarget:
     ) -> torch.Tensor:
         """Run inputs at positions length + depths. mask: [n, n] bool tree mask (None = causal).
 
-        Returns logits [n, vocab] in the model's dtype (argmax is the same as in float32 of
-        them; samplers upcast).
+        Returns float32 logits [n, vocab] (upcast from the model's dtype: exact, same argmax).
         """
-        return self._run(list(tokens), depths, mask, logits_to_keep=0)[0]
+        return self._run(list(tokens), depths, mask, logits_to_keep=0)[0].float()
 
     def _run(
         self, tokens: list[int], depths: torch.Tensor, mask: torch.Tensor | None, logits_to_keep: int
     ) -> torch.Tensor:
-        if self._pending:
-            raise RuntimeError("commit() the previous forward before running another")
+        self._guard.check("running another")
         n = len(tokens)
         ids = torch.tensor([tokens], device=self.device)  # [1, n]
         positions = (depths.to(self.device) + self.length).unsqueeze(0)  # [1, n]
-        attention = None if mask is None else self._full_mask(mask)
+        attention = None if mask is None else additive_mask(mask, n, self.length, self.dtype, self.device)
         with column_layout(self.column):
             out = self.model(
                 input_ids=ids,
@@ -130,22 +139,13 @@ class HFTarget:
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
             )
-        self._pending = n
+        self._guard.start(n)
         return out.logits  # [1, n or logits_to_keep, vocab]
-
-    def _full_mask(self, tree_mask: torch.Tensor) -> torch.Tensor:
-        """[n, n] bool tree mask -> [1, 1, n, length + n] additive mask over cache + inputs."""
-        n = tree_mask.shape[0]
-        allowed = torch.ones(n, self.length + n, dtype=torch.bool, device=self.device)
-        allowed[:, self.length :] = tree_mask.to(self.device)
-        additive = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        additive.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        return additive[None, None]
 
     @torch.inference_mode()
     def commit(self, keep: Sequence[int]) -> None:
         """Keep the KV entries of inputs `keep` (ascending indices into the last forward)."""
-        n, keep = self._pending, list(keep)
+        n, keep = self._guard.done(), list(keep)
         if keep != list(range(len(keep))):
             # move the kept entries down into place, then drop the tail like a chain
             index = torch.tensor([self.length + k for k in keep], device=self.device)
@@ -155,18 +155,14 @@ class HFTarget:
                 layer.values[:, :, span] = layer.values.index_select(2, index)
         self._crop(n - len(keep))
         self.length += len(keep)
-        self._pending = 0
 
     def commit_all(self) -> None:
-        self.length += self._pending
-        self._pending = 0
+        self.length += self._guard.done()
 
     def trim(self, length: int) -> None:
         """Drop committed tokens beyond `length`."""
-        if self._pending:
-            raise RuntimeError("commit() the previous forward before trimming")
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot trim a cache of {self.length} tokens to {length}")
+        self._guard.check("trimming")
+        check_trim(length, self.length)
         self._crop(self.length - length)
         self.length = length
 

@@ -38,11 +38,13 @@ from __future__ import annotations
 import ctypes
 import weakref
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from .base import Capabilities, PendingGuard, check_trim, eos_ids_of, threads_key
 
 INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36'
 DEFAULT_N_CTX = 4096
@@ -70,29 +72,6 @@ def is_gguf(path: Path) -> bool:
             return f.read(4) == GGUF_MAGIC
     except OSError:
         return False
-
-
-class _ModelInfo:
-    """What callers read from `target.model` when it is not a transformers model: the config's
-    eos id (for the engine's stop rule) and the parameter count (for size checks)."""
-
-    generation_config = None
-
-    def __init__(self, eos_id: int, vocab_size: int, n_ctx_train: int, n_params: int, desc: str):
-        eos = [eos_id] if eos_id >= 0 else []
-        self.config = SimpleNamespace(eos_token_id=eos, vocab_size=vocab_size,
-                                      max_position_embeddings=n_ctx_train)
-        self.n_params, self.desc = n_params, desc
-
-    def num_parameters(self) -> int:
-        return self.n_params
-
-    def parameters(self):
-        # one meta tensor: the right numel for `sum(p.numel() ...)`, no memory
-        yield torch.empty(self.n_params, device="meta")
-
-    def __repr__(self) -> str:
-        return f"llama.cpp model ({self.desc})"
 
 
 class TreeSlots:
@@ -151,13 +130,14 @@ class LlamaCppTarget:
     """A GGUF model run by llama.cpp, seen as: forward(tokens, depths, mask) -> logits, commit, trim."""
 
     device = "cpu"
+    capabilities = Capabilities(hf_model=False)
 
     def __init__(self, gguf: str | Path, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX,
-                 max_branches: int = MAX_BRANCHES, flash_attn: bool = True):
+                 max_branches: int = MAX_BRANCHES, flash_attn: bool = True, tokenizer: Any = None):
         """flash_attn: on, as llama.cpp's own default (`auto`) resolves on the CPU. It also makes a
         pass of fewer than 64 inputs compute each row exactly as a one-token pass does while the
         cache is short (without it, attention for one query runs other kernels); see
-        docs/llamacpp.md."""
+        docs/llamacpp.md. tokenizer: adds its eos token to the file's (optional)."""
         lib = self.lib = require_llama_cpp()
         path = Path(gguf)
         if not is_gguf(path):
@@ -185,14 +165,19 @@ class LlamaCppTarget:
         vocab = lib.llama_model_get_vocab(self._model)
         self.vocab_size = lib.llama_vocab_n_tokens(vocab)
         self.context_window = lib.llama_n_ctx(self._ctx)
-        self.dtype = f"gguf/threads={self.threads}"  # a cache key part, not a torch dtype
-        self.model = _ModelInfo(lib.llama_vocab_eos(vocab), self.vocab_size,
-                                lib.llama_model_n_ctx_train(self._model),
-                                lib.llama_model_n_params(self._model), _describe(lib, self._model))
+        eos = lib.llama_vocab_eos(vocab)
+        self.eos_ids = frozenset([eos] if eos >= 0 else []) | eos_ids_of(None, tokenizer)
+        self.n_params = int(lib.llama_model_n_params(self._model))
+        self.description = f"llama.cpp model ({_describe(lib, self._model)})"
         self.path = path
         self.length = 0  # committed tokens in the cache, all in sequence 0
         self.held = 0  # cells held back in sequence `held_seq`
+        self._guard = PendingGuard()
         self._pending: _Pass | None = None
+
+    @property
+    def cache_key(self) -> str:
+        return f"gguf/threads={self.threads}|{threads_key(self.device)}"
 
     def _context_params(self, n_ctx: int, flash_attn: bool) -> Any:
         lib = self.lib
@@ -219,12 +204,12 @@ class LlamaCppTarget:
     def reset(self) -> None:
         self.lib.llama_memory_clear(self._mem, False)  # metadata only: cells become free
         self.length = self.held = 0
+        self._guard.clear()
         self._pending = None
 
     def prefill(self, tokens: Sequence[int]) -> None:
         """Append and commit `tokens` (no logits: the engine feeds the last token later)."""
-        if self._pending is not None:
-            raise RuntimeError("commit() the previous forward before prefilling")
+        self._guard.check("prefilling")
         tokens = [int(t) for t in tokens]
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
@@ -239,8 +224,7 @@ class LlamaCppTarget:
 
         Returns float32 logits [n, vocab], row j = the distribution after input j.
         """
-        if self._pending is not None:
-            raise RuntimeError("commit() the previous forward before running another")
+        self._guard.check("running another")
         tokens = [int(t) for t in tokens]
         n = len(tokens)
         if not 0 < n <= self.n_batch:
@@ -250,6 +234,7 @@ class LlamaCppTarget:
         if mask is None:
             self._fill(tokens, [self.length + d for d in depths], None, logits=True)
             self._decode(n)
+            self._guard.start(n)
             self._pending = _Pass(depths, None)
             return self._logits(n)
         slots = TreeSlots(mask, depths)
@@ -262,14 +247,14 @@ class LlamaCppTarget:
         self._fill([tokens[j] for j in order], [self.length + depths[j] for j in order],
                    [slots.seqs[j] for j in order], logits=True)
         self._decode(n)
+        self._guard.start(n)
         self._pending = _Pass(depths, mask, slots)
         return self._logits(n)[slots.slot]  # [n, vocab], back in input order
 
     def commit(self, keep: Sequence[int]) -> None:
         """Keep the cells of inputs `keep` (ascending indices into the last forward, a path from
         input 0, or empty); afterwards the cache holds exactly the committed tokens, in sequence 0."""
-        if self._pending is None:
-            raise RuntimeError("commit() needs a forward() first")
+        self._guard.check_pending()
         keep = [int(k) for k in keep]
         self._pending.check_path(keep)
         slots = self._pending.slots
@@ -278,6 +263,7 @@ class LlamaCppTarget:
         else:
             self._commit_tree(slots, keep)
         self.length += len(keep)
+        self._guard.done()
         self._pending = None
 
     def _commit_tree(self, slots: TreeSlots, keep: list[int]) -> None:
@@ -301,10 +287,8 @@ class LlamaCppTarget:
 
     def trim(self, length: int) -> None:
         """Drop committed tokens beyond `length`."""
-        if self._pending is not None:
-            raise RuntimeError("commit() the previous forward before trimming")
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot trim a cache of {self.length} tokens to {length}")
+        self._guard.check("trimming")
+        check_trim(length, self.length)
         self._remove(0, length)
         self.length = length
 
@@ -423,5 +407,6 @@ def load_llamacpp(model: str, threads: int | None = None, n_ctx: int = DEFAULT_N
 
     require_llama_cpp()  # fail on a missing package before touching any file
     gguf = locate_gguf(model)
-    target = LlamaCppTarget(gguf, threads=threads, n_ctx=n_ctx)
-    return Engine(target, load_tokenizer(model, gguf), name=model)
+    tokenizer = load_tokenizer(model, gguf)
+    target = LlamaCppTarget(gguf, threads=threads, n_ctx=n_ctx, tokenizer=tokenizer)
+    return Engine(target, tokenizer, name=model)
