@@ -77,7 +77,8 @@ class Engine:
         self.target = target
         self.tokenizer = tokenizer
         self.name = name
-        self.eos_ids = eos_ids_of(target.model, tokenizer)
+        own = getattr(target, "eos_ids", None)  # a target without a transformers model names its own
+        self.eos_ids = set(own) | eos_ids_of(None, tokenizer) if own is not None else eos_ids_of(target.model, tokenizer)
         self._pass_costs: dict[str, dict[int, float]] = {}
 
     # ---- public API -------------------------------------------------------------------
