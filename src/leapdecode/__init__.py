@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 
 DEVICES = ("cpu", "cuda")
-BACKENDS = ("transformers", "llamacpp")
+BACKENDS = ("transformers", "llamacpp", "native")
 
 
 def load(model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu",
@@ -36,6 +36,11 @@ def load(model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu
         raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend == "llamacpp":
         return _load_llamacpp(model, dtype, device, max_len)
+    if backend == "native":  # leapdecode's own CPU runtime (models/native): Llama, Qwen2
+        from .models.native import load_native
+        from .models.registry import load_tokenizer, resolve
+
+        return Engine(load_native(resolve(model), dtype, device, max_len), load_tokenizer(model), name=model)
     from .models.hf import HFTarget
     from .models.registry import load_model
 

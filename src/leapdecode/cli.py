@@ -47,12 +47,13 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="packaged name, transformers dir or .gguf file")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: static KV cache and verification passes replayed as CUDA graphs")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp"],
-                   help="llamacpp: llama.cpp runs the GGUF model's own quantized weights (GGUF models only)")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "native"],
+                   help="llamacpp: llama.cpp runs the GGUF model's own quantized weights (GGUF models only); "
+                   "native: leapdecode's own batch-invariant CPU runtime (Llama, Qwen2; --dtype int8 too)")
 
 
 def _add_generate(sub: Any) -> None:

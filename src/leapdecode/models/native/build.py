@@ -1,0 +1,72 @@
+"""Compile csrc/kernels.c once per (source, flags, CPU) into ~/.cache/leapdecode/kernels and load it with ctypes."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+SOURCE = Path(__file__).parent / "csrc" / "kernels.c"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+CACHE = Path.home() / ".cache" / "leapdecode" / "kernels"
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+SIGNATURES = {
+    "linear_f32": [_P, _I, _I, _P, _P, _P, _P, _I],
+    "linear_bf16": [_P, _I, _I, _P, _P, _P, _P, _I],
+    "linear_i8": [_P, _I, _I, _P, _P, _P, _P, _I],
+    "attention": [_P, _I, _I, _I, _I, _P, _P, _I, _I, _P, _P, _I, _F, _I, _P, _P, _P, _I],
+    "rmsnorm": [_P, _I, _I, _P, _F, _F, _P],
+    "gated_act": [_P, _I, _I, _I, _P],
+    "set_threads": [_I],
+}
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags: a .so built with -march=native must not run on another CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def library_path() -> Path:
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]
+    return CACHE / f"{key}.so"
+
+
+def _compile(target: Path) -> None:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise RuntimeError("the native runtime needs gcc to build its kernels; install it (apt-get install gcc) or use --backend hf")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([gcc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
+        os.replace(tmp, target)  # atomic: a concurrent loader sees no half-written file
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(f"building the native kernels failed: {error.stderr.strip()}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@lru_cache(maxsize=1)
+def kernels() -> ctypes.CDLL:
+    path = library_path()
+    if not path.exists():
+        _compile(path)
+    lib = ctypes.CDLL(str(path))
+    for name, args in SIGNATURES.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = None
+    return lib

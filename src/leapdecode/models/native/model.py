@@ -1,0 +1,82 @@
+"""Llama / Qwen2 weights from a transformers directory, fused (qkv, gate|up) into native formats."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .ops import Weight, make_weight
+
+SUPPORTED = {"LlamaForCausalLM": "Llama", "Qwen2ForCausalLM": "Qwen2"}
+
+
+def unsupported_reason(directory: Path) -> str | None:
+    config_path = Path(directory) / "config.json"
+    if not config_path.exists():
+        return f"{directory} has no config.json"
+    arch = (json.loads(config_path.read_text()).get("architectures") or ["unknown"])[0]
+    if arch not in SUPPORTED:
+        return f"architecture {arch} is not supported by the native runtime ({', '.join(SUPPORTED.values())}); use --backend hf"
+    return None
+
+
+@dataclass
+class Layer:
+    attn_norm: torch.Tensor  # [hidden]
+    qkv: Weight  # [(heads + 2 kv_heads) * head_dim, hidden]
+    o: Weight  # [hidden, heads * head_dim]
+    mlp_norm: torch.Tensor  # [hidden]
+    gate_up: Weight  # [2 * intermediate, hidden]
+    down: Weight  # [hidden, intermediate]
+
+
+@dataclass
+class Model:
+    config: dict
+    embed: torch.Tensor  # [vocab, hidden] float32 (lookup is an exact copy)
+    layers: list[Layer]
+    norm: torch.Tensor  # [hidden]
+    head: Weight  # [vocab, hidden]
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+    rope_theta: float
+    n_params: int
+
+
+def _tensors(directory: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
+
+
+def load_model(directory: Path, fmt: str) -> Model:
+    cfg = json.loads((Path(directory) / "config.json").read_text())
+    t = _tensors(directory)
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    layers = []
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        qkv = torch.cat([t[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+        bias = None
+        if p + "self_attn.q_proj.bias" in t:  # Qwen2
+            bias = torch.cat([t[p + f"self_attn.{x}_proj.bias"] for x in "qkv"])
+        gate_up = torch.cat([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]])
+        layers.append(Layer(
+            t[p + "input_layernorm.weight"].float().contiguous(), make_weight(qkv, fmt, bias),
+            make_weight(t[p + "self_attn.o_proj.weight"], fmt), t[p + "post_attention_layernorm.weight"].float().contiguous(),
+            make_weight(gate_up, fmt), make_weight(t[p + "mlp.down_proj.weight"], fmt)))
+    embed = t["model.embed_tokens.weight"].float().contiguous()
+    head = t.get("lm_head.weight", embed)
+    rope = cfg.get("rope_parameters") or {}
+    theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    n_params = sum(v.numel() for k, v in t.items() if k != "lm_head.weight" or "lm_head.weight" in t)
+    return Model(cfg, embed, layers, t["model.norm.weight"].float().contiguous(), make_weight(head, fmt),
+                 heads, kv_heads, head_dim, float(cfg["rms_norm_eps"]), theta, n_params)

@@ -1,0 +1,97 @@
+"""Thin wrappers: torch tensors in, kernels (build.py) called by data_ptr(), torch tensors out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .build import kernels
+
+FORMATS = ("float32", "bfloat16", "int8")
+
+
+@dataclass
+class Weight:
+    """A [out, in] weight in one storage format; `scale` [out] fp32 for int8 (per output channel)."""
+
+    data: torch.Tensor  # [out, in] float32 | bfloat16 | int8
+    scale: torch.Tensor | None
+    bias: torch.Tensor | None  # [out] float32
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.data.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+
+def make_weight(w: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> Weight:
+    """w: [out, in] float. int8: symmetric, one fp32 scale per output channel (max |w| / 127)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"dtype {fmt!r} is not one of {', '.join(FORMATS)}")
+    if w.shape[1] % 8:
+        raise ValueError(f"the native linear needs in_features divisible by 8, got {w.shape[1]}")
+    w = w.float()
+    b = None if bias is None else bias.float().contiguous()
+    if fmt == "float32":
+        return Weight(w.contiguous(), None, b)
+    if fmt == "bfloat16":
+        return Weight(w.to(torch.bfloat16).contiguous(), None, b)
+    scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)  # [out]
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+    return Weight(q, scale.contiguous(), b)
+
+
+_KERNEL = {torch.float32: "linear_f32", torch.bfloat16: "linear_bf16", torch.int8: "linear_i8"}
+
+
+def linear(x: torch.Tensor, w: Weight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [n, in] float32 contiguous -> [n, out], each row bitwise independent of n."""
+    n, d_in = x.shape
+    d_out = w.data.shape[0]
+    assert d_in == w.data.shape[1] and x.dtype == torch.float32 and x.is_contiguous()
+    y = torch.empty(n, d_out) if out is None else out
+    fn = getattr(kernels(), _KERNEL[w.data.dtype])
+    fn(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), y.data_ptr(), d_out)
+    return y
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """x: [n, d] -> [n, d]; offset 1.0 gives Gemma's x * (1 + w)."""
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    kernels().rmsnorm(x.data_ptr(), x.shape[0], x.shape[1], w.data_ptr(), eps, offset, y.data_ptr())
+    return y
+
+
+def gated_act(gu: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """gu: [n, 2m] (gate | up) -> [n, m] act(gate) * up (silu, or gelu-tanh for Gemma)."""
+    n, m = gu.shape[0], gu.shape[1] // 2
+    y = torch.empty(n, m)
+    kernels().gated_act(gu.data_ptr(), n, m, int(gelu), y.data_ptr())
+    return y
+
+
+def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cached: int,
+              extra: torch.Tensor, count: torch.Tensor, scale: float, threads: int,
+              window: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """q: [n, heads, d]; k_cache, v_cache: [kv_heads, max_len, d] of one layer;
+    extra: [n, e] int32 slots of each query's ancestors by depth (itself last), count: [n] int32.
+    Returns [n, heads, d]: query j over slots 0..cached-1 then extra[j, :count[j]], in that order."""
+    n, heads, d = q.shape
+    kv_heads, max_len, _ = k_cache.shape
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    scratch = torch.empty(threads, max_len + extra.shape[1])
+    pos = positions if positions is not None else torch.zeros(n, dtype=torch.int32)
+    kernels().attention(q.data_ptr(), n, heads, kv_heads, d, k_cache.data_ptr(), v_cache.data_ptr(), max_len,
+                        cached, extra.data_ptr(), count.data_ptr(), extra.shape[1], scale, window,
+                        pos.data_ptr(), out.data_ptr(), scratch.data_ptr(), threads)
+    return out

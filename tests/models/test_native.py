@@ -1,0 +1,229 @@
+"""The native runtime: kernels against torch, bitwise batch invariance, NativeTarget vs transformers,
+and end-to-end losslessness of every training-free drafter on it (bf16 and int8)."""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import pytest
+import torch
+
+from leapdecode import GenerationConfig
+from leapdecode.drafters import Draft, Drafter
+from leapdecode.engine import Engine
+from leapdecode.models.native import load_native, unsupported_reason
+from leapdecode.models.native import ops
+
+torch.set_num_threads(2)
+FORMATS = ["bfloat16", "int8"]
+
+
+# ---- kernels -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def w_fp32():
+    torch.manual_seed(0)
+    return torch.randn(203, 96), torch.randn(203)  # odd out: exercises the 4-output tail
+
+
+def test_linear_matches_torch(w_fp32):
+    w, b = w_fp32
+    x = torch.randn(7, 96)
+    for fmt, tol in (("float32", 1e-4), ("bfloat16", 1e-4), ("int8", 1e-4)):
+        weight = ops.make_weight(w, fmt, b)
+        ref_w = weight.data.float() * (1 if weight.scale is None else weight.scale[:, None])
+        assert torch.allclose(ops.linear(x, weight), x @ ref_w.T + b, atol=tol, rtol=tol), fmt
+
+
+@pytest.mark.parametrize("fmt", ["float32", *FORMATS])
+def test_linear_rows_bitwise_invariant(w_fp32, fmt):
+    w, b = w_fp32
+    weight = ops.make_weight(w, fmt, b)
+    x = torch.randn(32, 96)
+    alone = torch.cat([ops.linear(x[r:r + 1].contiguous(), weight) for r in range(32)])  # [32, out]
+    for n in (8, 32):
+        for start in range(0, 32, n):
+            assert torch.equal(ops.linear(x[start:start + n].contiguous(), weight), alone[start:start + n])
+    shifted = ops.linear(torch.cat([x[5:6], x[:5]]).contiguous(), weight)  # row 5 at position 0
+    assert torch.equal(shifted[0], alone[5]) and torch.equal(shifted[1:], alone[:5])
+
+
+def _reference_attention(q, k, v, visible):  # q [n, h, d], k/v [kv, slots, d], visible [n, slots]
+    group = q.shape[1] // k.shape[0]
+    k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)  # [h, slots, d]
+    scores = torch.einsum("nhd,hsd->nhs", q, k) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    return torch.einsum("nhs,hsd->nhd", scores.softmax(-1), v)
+
+
+def test_attention_matches_reference_and_is_order_invariant():
+    torch.manual_seed(1)
+    kv, h, d, slots, cached = 2, 6, 16, 40, 20
+    k, v = torch.randn(kv, slots, d), torch.randn(kv, slots, d)
+    q = torch.randn(5, h, d)
+    # a tree: 0 root; 1, 2 children of 0; 3 child of 1; 4 child of 3 (pass inputs at slots 20..24)
+    parents = [-1, 0, 0, 1, 3]
+    mask = torch.zeros(5, 5, dtype=torch.bool)
+    for j, p in enumerate(parents):
+        mask[j, j] = True
+        if p >= 0:
+            mask[j] |= mask[p]
+    from leapdecode.models.native.target import _visible
+    extra, count = _visible(mask, 5, cached)
+    tree = ops.attention(q, k, v, cached, extra, count, d ** -0.5, 2)
+    visible = torch.zeros(5, slots, dtype=torch.bool)
+    visible[:, :cached] = True
+    visible[:, cached:cached + 5] = mask
+    assert torch.allclose(tree, _reference_attention(q, k, v, visible), atol=1e-5)
+    # node 4's path 0,1,3,4 laid out as a chain at the same slots gives the same bits
+    chain_k, chain_v = k.clone(), v.clone()
+    path = [0, 1, 3, 4]
+    chain_k[:, cached:cached + 4], chain_v[:, cached:cached + 4] = k[:, [cached + i for i in path]], v[:, [cached + i for i in path]]
+    e, c = _visible(None, 4, cached)
+    chain = ops.attention(q[path].contiguous(), chain_k, chain_v, cached, e, c, d ** -0.5, 2)
+    assert torch.equal(chain[3], tree[4])
+    # and alone after its ancestors were committed (cached + 3 slots, itself the one extra key)
+    e1, c1 = _visible(None, 1, cached + 3)
+    alone = ops.attention(q[4:5].contiguous(), chain_k, chain_v, cached + 3, e1, c1, d ** -0.5, 2)
+    assert torch.equal(alone[0], tree[4])
+
+
+# ---- the target on smollm2-135m ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def directory():
+    from leapdecode.models import registry
+    return registry.resolve("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def targets(directory):
+    return {fmt: load_native(directory, fmt, max_len=1024, threads=2) for fmt in ["float32", *FORMATS]}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from leapdecode.models import registry
+    return registry.load_tokenizer("smollm2-135m")
+
+
+PROMPT = list(range(300, 340))
+
+
+def test_float32_close_to_transformers_and_greedy_equal(directory, targets):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    t = targets["float32"]
+    t.reset()
+    t.prefill(PROMPT[:-1])
+    logits = t.forward(PROMPT[-1:], torch.zeros(1, dtype=torch.long), None)
+    t.commit([0])
+    with torch.inference_mode():
+        ref = model(torch.tensor([PROMPT])).logits[0, -1]
+        assert torch.allclose(logits[0], ref, atol=1e-3)
+        ids, last = list(PROMPT), PROMPT[-1]
+        ref_out = model.generate(torch.tensor([PROMPT]), max_new_tokens=16, do_sample=False)[0, len(PROMPT):].tolist()
+    ours = []
+    for _ in range(16):
+        last = int(logits[0].argmax())
+        ours.append(last)
+        logits = t.forward([last], torch.zeros(1, dtype=torch.long), None)
+        t.commit([0])
+    assert ours == ref_out
+
+
+def _tree_mask(parents: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(parents)
+    mask, depths = torch.zeros(n, n, dtype=torch.bool), torch.zeros(n, dtype=torch.long)
+    for j, p in enumerate(parents):
+        mask[j, j] = True
+        if p >= 0:
+            mask[j] |= mask[p]
+            depths[j] = depths[p] + 1
+    return mask, depths
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_logits_bitwise_at_any_width_and_shape(targets, fmt):
+    t = targets[fmt]
+    chain = [5000 + i for i in range(32)]
+
+    def run(tokens, depths, mask):
+        t.reset()
+        t.prefill(PROMPT)
+        out = t.forward(tokens, depths, mask)
+        t.commit([])
+        return out
+
+    wide = run(chain, torch.arange(32), None)  # [32, vocab]
+    assert torch.equal(run(chain[:1], torch.zeros(1, dtype=torch.long), None)[0], wide[0])
+    assert torch.equal(run(chain[:8], torch.arange(8), None), wide[:8])
+    # a tree holding chain[0..2] as the path 0 -> 2 -> 4, with distractor siblings
+    parents = [-1, -1, 0, 0, 2, 2]
+    tokens = [chain[0], 7, chain[1], 8, chain[2], 9]
+    mask, depths = _tree_mask(parents)
+    tree = run(tokens, depths, mask)
+    for node, row in ((0, 0), (2, 1), (4, 2)):
+        assert torch.equal(tree[node], wide[row])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_commit_path_then_logits_equal_fresh_prefill(targets, fmt):
+    t = targets[fmt]
+    parents, tokens = [-1, -1, 0, 0, 2], [11, 12, 13, 14, 15]
+    mask, depths = _tree_mask(parents)
+    t.reset()
+    t.prefill(PROMPT)
+    t.forward(tokens, depths, mask)
+    t.commit([0, 2, 4])  # path 11 -> 13 -> 15
+    after = t.forward([99], torch.zeros(1, dtype=torch.long), None)
+    t.commit([0])
+    t.reset()
+    t.prefill(PROMPT + [11, 13, 15])
+    fresh = t.forward([99], torch.zeros(1, dtype=torch.long), None)
+    t.commit([0])
+    assert torch.equal(after, fresh)
+    t.trim(len(PROMPT) + 1)
+    assert t.length == len(PROMPT) + 1
+
+
+# ---- end to end --------------------------------------------------------------------------
+METHODS = ["prompt-lookup", "suffix", "token-recycling", "lookahead", "ngram-adaptive", "auto"]
+PROMPTS = ["Repeat after me: the quick brown fox jumps over the lazy dog. The quick brown fox",
+           "Write a Python function that returns the sum of a list of numbers."]
+
+
+class AlwaysWrong(Drafter):
+    """Every guess is off by one from what the target will say next (known from the plain run)."""
+
+    def __init__(self, prompt_len: int, reference: Sequence[int]):
+        self.prompt_len, self.ref = prompt_len, list(reference)
+
+    def propose(self, context, budget):
+        done = len(context) - self.prompt_len
+        truth = self.ref[done] if done < len(self.ref) else 0
+        return Draft(((truth + 1) % 49152, (truth + 2) % 49152, (truth + 3) % 49152), (-1, -1, 1))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_drafter_identical_to_none(targets, tokenizer, fmt):
+    engine = Engine(targets[fmt], tokenizer, name="smollm2-135m")
+    config = GenerationConfig(max_new_tokens=48)
+    for prompt in PROMPTS:
+        plain = engine.generate(prompt, config, "none").token_ids
+        assert len(plain) > 0
+        for method in METHODS:
+            assert engine.generate(prompt, config, method).token_ids == plain, (fmt, method, prompt[:30])
+        ids = engine.encode(prompt)
+        wrong = engine.generate(ids, GenerationConfig(max_new_tokens=48, budget=3), AlwaysWrong(len(ids), plain))
+        assert wrong.token_ids == plain
+
+
+# ---- bad input ---------------------------------------------------------------------------
+def test_unsupported_architecture_and_bad_dtype(tmp_path, directory):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MambaForCausalLM"]}))
+    assert "MambaForCausalLM is not supported by the native runtime" in unsupported_reason(tmp_path)
+    with pytest.raises(ValueError, match="use --backend hf"):
+        load_native(tmp_path)
+    with pytest.raises(ValueError, match="float32, bfloat16, int8"):
+        load_native(directory, "float16")
+    assert unsupported_reason(directory) is None
