@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
                             n_threads_batch=args.threads, n_ctx=args.n_ctx, flash_attn=True, verbose=False)
     costs = pass_costs(engine.target.target, args.cost_rounds)
     # `auto` reads the costs just measured, not a cache file written under other load
-    key = f"{engine.name}|{engine.target.dtype}|{engine.target.device}|threads={torch.get_num_threads()}"
+    key = f"{engine.name}|{engine.target.cache_key}"
     engine._pass_costs[key] = costs[-1]
 
     questions = pick_questions(args.per_group)

@@ -70,7 +70,7 @@ def test_attention_matches_reference_and_is_order_invariant():
             mask[j] |= mask[p]
     from leapdecode.models.native.target import _visible
     extra, count = _visible(mask, 5, cached)
-    tree = ops.attention(q, k, v, cached, extra, count, d ** -0.5, 2)
+    tree = ops.attention(q, k, v, cached, extra, count, d ** -0.5)
     visible = torch.zeros(5, slots, dtype=torch.bool)
     visible[:, :cached] = True
     visible[:, cached:cached + 5] = mask
@@ -80,11 +80,11 @@ def test_attention_matches_reference_and_is_order_invariant():
     path = [0, 1, 3, 4]
     chain_k[:, cached:cached + 4], chain_v[:, cached:cached + 4] = k[:, [cached + i for i in path]], v[:, [cached + i for i in path]]
     e, c = _visible(None, 4, cached)
-    chain = ops.attention(q[path].contiguous(), chain_k, chain_v, cached, e, c, d ** -0.5, 2)
+    chain = ops.attention(q[path].contiguous(), chain_k, chain_v, cached, e, c, d ** -0.5)
     assert torch.equal(chain[3], tree[4])
     # and alone after its ancestors were committed (cached + 3 slots, itself the one extra key)
     e1, c1 = _visible(None, 1, cached + 3)
-    alone = ops.attention(q[4:5].contiguous(), chain_k, chain_v, cached + 3, e1, c1, d ** -0.5, 2)
+    alone = ops.attention(q[4:5].contiguous(), chain_k, chain_v, cached + 3, e1, c1, d ** -0.5)
     assert torch.equal(alone[0], tree[4])
 
 

@@ -29,6 +29,7 @@ import torch
 
 from .cache import SharedPrefix
 from .outputs import Output, make_output
+from ..models.base import hf_model_of
 
 
 @dataclass(frozen=True)
@@ -219,5 +220,5 @@ def beam_search(engine: Any, prompt_ids: Sequence[int], config: BeamConfig) -> l
     check_prompt(engine, prompt_ids, config.max_new_tokens)
     group = BeamGroup(config.num_beams, config.max_new_tokens, frozenset(engine.eos_ids),
                       config.length_penalty, config.early_stopping)
-    run_groups(engine.target.model, prompt_ids, [group])
+    run_groups(hf_model_of(engine.target, "beam search"), prompt_ids, [group])
     return ranked_outputs(engine, group.results(), config.n, config.length_penalty)

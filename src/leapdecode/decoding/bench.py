@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 from . import decode
 from .metrics import best_of_n_bleu, distinct_n, self_bleu
+from ..models.base import hf_model_of
 
 BENCH_MODES = ("beam", "diverse-beam", "superposed", "sample", "sample-seq")
 SUBTASKS = {"translation", "summarization", "qa", "math_reasoning", "rag"}
@@ -111,7 +112,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def run_bench(engine: Any, questions: list[dict[str, Any]], modes: Sequence[str], args: argparse.Namespace,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     runners = make_runners(args)
-    counter = PassCounter(engine.target.model)
+    counter = PassCounter(hf_model_of(engine.target, "the multi-output bench"))
     rows = []
     for q in questions:
         ids = engine.encode(q["turns"][0])

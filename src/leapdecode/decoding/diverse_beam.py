@@ -28,6 +28,7 @@ import torch
 
 from .beam import BeamConfig, BeamGroup, check_prompt, ranked_outputs, run_groups
 from .outputs import Output
+from ..models.base import hf_model_of
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,6 @@ def diverse_beam_search(engine: Any, prompt_ids: Sequence[int], config: DiverseB
             return hamming_penalty(earlier, vocab, config.diversity)
         return ngram_penalty(group.tokens, earlier, config.diversity_ngram, vocab, config.diversity)
 
-    run_groups(engine.target.model, prompt_ids, groups, penalty)
+    run_groups(hf_model_of(engine.target, "diverse beam search"), prompt_ids, groups, penalty)
     pooled = [h for group in groups for h in group.results()]
     return ranked_outputs(engine, pooled, config.n, config.length_penalty, by_logprob=True)

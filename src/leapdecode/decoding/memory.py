@@ -19,6 +19,7 @@ import gc
 import json
 import subprocess
 import sys
+from ..models.base import hf_model_of
 from typing import Any
 
 MIB = 1 << 20
@@ -73,8 +74,9 @@ def measure(model_name: str, prompt_tokens: int, beams: int, steps: int, copy_pr
 
     # ignore EOS so that every variant runs exactly `steps` steps
     group = BeamGroup(beams, steps, frozenset(), early_stopping="never")
-    run_groups(engine.target.model, ids, [group], copy_prefix=copy_prefix, after_prefill=after_prefill)
-    config = engine.target.model.config
+    model = hf_model_of(engine.target, "the memory measurement")
+    run_groups(model, ids, [group], copy_prefix=copy_prefix, after_prefill=after_prefill)
+    config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     prompt_cache = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4 * len(ids)
     peak = _status_kib("VmHWM") * 1024

@@ -18,6 +18,7 @@ from ..sampling import SamplingParams, make_generator, make_warp
 from .beam import check_int, check_prompt
 from .cache import SharedPrefix
 from .outputs import Output, make_output
+from ..models.base import hf_model_of
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def sample_k(engine: Any, prompt_ids: Sequence[int], config: SampleConfig) -> li
     warp = make_warp(SamplingParams(config.temperature, config.top_k, config.top_p, config.seed))
     generator = make_generator(config.seed)
     k = config.num_samples
-    rows = SharedPrefix(engine.target.model)
+    rows = SharedPrefix(hf_model_of(engine.target, "sampling several outputs"))
     logits = rows.prefill(prompt_ids, config.max_new_tokens)[None].expand(k, -1)  # [k, vocab]
     rows.select(torch.zeros(k, dtype=torch.long))
     tokens: list[list[int]] = [[] for _ in range(k)]

@@ -41,6 +41,7 @@ import torch
 from .beam import BeamGroup, check_counts, check_int, check_prompt, ranked_outputs
 from .cache import SharedPrefix
 from .outputs import Output
+from ..models.base import hf_model_of
 
 
 class NGramModel:
@@ -126,7 +127,7 @@ def superposed_decode(engine: Any, prompt_ids: Sequence[int], config: Superposed
                       corpus: Iterable[Sequence[int]] = ()) -> list[Output]:
     """k drafts from one forward pass per step (see the module doc)."""
     check_prompt(engine, prompt_ids, config.max_new_tokens)
-    model = engine.target.model
+    model = hf_model_of(engine.target, "superposed decoding")
     ngrams = NGramModel([list(prompt_ids), *corpus], config.ngram_order)
     embed = model.get_input_embeddings()
     # BeamGroup does the bookkeeping (live drafts, finished pool, stopping); its early-stopping

@@ -137,3 +137,11 @@ def eos_ids_of(model: Any, tokenizer: Any = None) -> frozenset[int]:
 def threads_key(device: Any) -> str:
     """The part of a pass-cost key that says where a pass ran: device and torch threads now."""
     return f"{device}|threads={torch.get_num_threads()}"
+
+
+def hf_model_of(target: Any, what: str) -> Any:
+    """The transformers model behind `target`, or a clear error naming what needs it and the fix."""
+    if not getattr(target, "capabilities", Capabilities()).hf_model:
+        raise ValueError(f"{what} needs a transformers model: load with --backend hf (this target is "
+                         f"{type(target).__name__})")
+    return target.model

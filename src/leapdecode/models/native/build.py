@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 SOURCE = Path(__file__).parent / "csrc" / "kernels.c"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
 CACHE = Path.home() / ".cache" / "leapdecode" / "kernels"
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
@@ -20,10 +20,13 @@ SIGNATURES = {
     "linear_f32": [_P, _I, _I, _P, _P, _P, _P, _I],
     "linear_bf16": [_P, _I, _I, _P, _P, _P, _P, _I],
     "linear_i8": [_P, _I, _I, _P, _P, _P, _P, _I],
-    "attention": [_P, _I, _I, _I, _I, _P, _P, _I, _I, _P, _P, _I, _F, _I, _P, _P, _P, _I],
+    "attention": [_P, _I, _I, _I, _I, _P, _P, _I, _I, _P, _P, _I, _F, _I, _P, _P],
     "rmsnorm": [_P, _I, _I, _P, _F, _F, _P],
     "gated_act": [_P, _I, _I, _I, _P],
     "set_threads": [_I],
+    "set_profile": [_I],
+    "get_profile": [_P],
+    "model_forward": [_P, _P, _I, _I, _P, _P, _P, _I],
 }
 
 
@@ -68,5 +71,5 @@ def kernels() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     for name, args in SIGNATURES.items():
         getattr(lib, name).argtypes = args
-        getattr(lib, name).restype = None
+        getattr(lib, name).restype = ctypes.c_int if name == "model_forward" else None
     return lib

@@ -32,6 +32,12 @@ class Layer:
     mlp_norm: torch.Tensor  # [hidden]
     gate_up: Weight  # [2 * intermediate, hidden]
     down: Weight  # [hidden, intermediate]
+    post_attn_norm: torch.Tensor | None = None  # Gemma3: norms after attention and after the MLP
+    post_mlp_norm: torch.Tensor | None = None
+    q_norm: torch.Tensor | None = None  # Gemma3: per-head norms of q and k [head_dim]
+    k_norm: torch.Tensor | None = None
+    window: int = 0  # sliding-window attention over this many positions (0 = global)
+    rope_theta: float | None = None  # this layer's rope base, if not the model's
 
 
 @dataclass
@@ -47,6 +53,10 @@ class Model:
     eps: float
     rope_theta: float
     n_params: int
+    act: int = 0  # 0 silu, 1 gelu-tanh
+    norm_offset: float = 0.0  # Gemma's norms scale by (1 + w)
+    attn_scale: float | None = None  # default head_dim ** -0.5
+    embed_scale: float = 1.0  # Gemma multiplies the embeddings by sqrt(hidden)
 
 
 def _tensors(directory: Path) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,7 @@ def gated_act(gu: torch.Tensor, gelu: bool = False) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cached: int,
-              extra: torch.Tensor, count: torch.Tensor, scale: float, threads: int,
+              extra: torch.Tensor, count: torch.Tensor, scale: float,
               window: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
     """q: [n, heads, d]; k_cache, v_cache: [kv_heads, max_len, d] of one layer;
     extra: [n, e] int32 slots of each query's ancestors by depth (itself last), count: [n] int32.
@@ -89,9 +90,46 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cac
     kv_heads, max_len, _ = k_cache.shape
     q = q.contiguous()
     out = torch.empty_like(q)
-    scratch = torch.empty(threads, max_len + extra.shape[1])
     pos = positions if positions is not None else torch.zeros(n, dtype=torch.int32)
     kernels().attention(q.data_ptr(), n, heads, kv_heads, d, k_cache.data_ptr(), v_cache.data_ptr(), max_len,
                         cached, extra.data_ptr(), count.data_ptr(), extra.shape[1], scale, window,
-                        pos.data_ptr(), out.data_ptr(), scratch.data_ptr(), threads)
+                        pos.data_ptr(), out.data_ptr())
     return out
+
+
+# ---- the structs of csrc/kernels.c's model_forward (field order and types must match) ----------
+_FMT = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+_VP, _FP, _CI, _CF = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+
+
+class CLin(ctypes.Structure):
+    _fields_ = [("w", _VP), ("scale", _FP), ("bias", _FP), ("out", _CI), ("in_", _CI), ("fmt", _CI), ("pad", _CI)]
+
+
+class CLayer(ctypes.Structure):
+    _fields_ = [("attn_norm", _FP), ("post_attn_norm", _FP), ("mlp_norm", _FP), ("post_mlp_norm", _FP),
+                ("q_norm", _FP), ("k_norm", _FP), ("qkv", CLin), ("o", CLin), ("gu", CLin), ("down", CLin),
+                ("kc", _FP), ("vc", _FP), ("cos", _FP), ("sin", _FP), ("window", _CI), ("pad", _CI)]
+
+
+class CModel(ctypes.Structure):
+    _fields_ = [("n_layers", _CI), ("hidden", _CI), ("heads", _CI), ("kv_heads", _CI), ("d", _CI),
+                ("inter", _CI), ("max_len", _CI), ("act", _CI), ("eps", _CF), ("norm_offset", _CF),
+                ("attn_scale", _CF), ("pad", _CI), ("layers", ctypes.POINTER(CLayer))]
+
+
+def c_linear(w: Weight) -> CLin:
+    out, d_in = w.shape
+    return CLin(w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), out, d_in, _FMT[w.data.dtype], 0)
+
+
+def profile(on: bool) -> None:
+    """Start (and zero) or stop the kernels' per-category timers."""
+    kernels().set_profile(int(on))
+
+
+def profile_times() -> dict[str, float]:
+    """Milliseconds spent in linear layers, attention and the rest since profile(True)."""
+    out = (ctypes.c_double * 3)()
+    kernels().get_profile(out)
+    return {"linear": out[0], "attention": out[1], "rest": out[2]}

@@ -8,6 +8,7 @@ is bitwise the same computed in a chain, a tree, or alone after its ancestors we
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,7 +41,7 @@ class NativeTarget:
         self.capabilities = Capabilities(trimmable=True, tree=True, hf_model=False, batch_invariant=True)
         shape = (len(m.layers), m.kv_heads, max_len, m.head_dim)
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)  # [layer, kv_head, slot, d]
-        self.cos, self.sin = _rope_table(m.rope_theta, m.head_dim, max_len)  # [max_len, d] each
+        self._c_model, self._keep = _c_model(m, self.k_cache, self.v_cache, max_len)
         self._length, self.guard = 0, PendingGuard()
 
     @property
@@ -89,43 +90,53 @@ class NativeTarget:
         if base + n > self.max_len:
             raise ValueError(f"the native cache holds {self.max_len} tokens; {base + n} needed (raise max_len)")
         self.guard.check("running another")
-        positions = depths.to(torch.long) + base  # [n]
+        positions = (depths.to(torch.int32) + base).contiguous()  # [n]
         extra, count = _visible(mask, n, base)  # [n, e] int32 slots, [n] int32
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [n, 1, d]
-        x = m.embed[torch.tensor(tokens)]  # [n, hidden]
-        for i, layer in enumerate(m.layers):
-            x = self._layer(i, layer, x, base, cos, sin, extra, count)
+        x = m.embed[torch.tensor(tokens)]  # [n, hidden], an exact copy
+        if m.embed_scale != 1.0:
+            x = x * m.embed_scale
+        x = x.contiguous()
+        status = kernels().model_forward(ctypes.addressof(self._c_model), x.data_ptr(), n, base,
+                                         positions.data_ptr(), extra.data_ptr(), count.data_ptr(), extra.shape[1])
+        if status:
+            raise MemoryError("the native pass ran out of memory")
         self.guard.start(n)
         if not head:
             return x
-        return ops.linear(ops.rmsnorm(x, m.norm, m.eps), m.head)  # [n, vocab]
-
-    def _layer(self, i, layer, x, base, cos, sin, extra, count) -> torch.Tensor:
-        m, n = self.m, x.shape[0]
-        h, kv, d = m.heads, m.kv_heads, m.head_dim
-        qkv = ops.linear(ops.rmsnorm(x, layer.attn_norm, m.eps), layer.qkv)  # [n, (h + 2kv) d]
-        q = _rope(qkv[:, : h * d].view(n, h, d), cos, sin)  # [n, h, d]
-        k = _rope(qkv[:, h * d:(h + kv) * d].view(n, kv, d), cos, sin)  # [n, kv, d]
-        self.k_cache[i, :, base:base + n] = k.transpose(0, 1)
-        self.v_cache[i, :, base:base + n] = qkv[:, (h + kv) * d:].view(n, kv, d).transpose(0, 1)
-        a = ops.attention(q, self.k_cache[i], self.v_cache[i], base, extra, count, d ** -0.5, self.threads)
-        x = x + ops.linear(a.view(n, h * d), layer.o)
-        gu = ops.linear(ops.rmsnorm(x, layer.mlp_norm, m.eps), layer.gate_up)  # [n, 2 * inter]
-        return x + ops.linear(ops.gated_act(gu), layer.down)
+        return ops.linear(ops.rmsnorm(x, m.norm, m.eps, m.norm_offset), m.head)  # [n, vocab]
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [n, heads, d] rotated by halves; elementwise mul/add only, so exact per element."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).contiguous()
+def _c_model(m: Model, k_cache: torch.Tensor, v_cache: torch.Tensor, max_len: int) -> tuple[ops.CModel, list]:
+    """The C view of the weights and caches; `keep` holds every tensor the struct points into."""
+    keep: list = []
+    tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+    layers = (ops.CLayer * len(m.layers))()
+    for i, layer in enumerate(m.layers):
+        theta = layer.rope_theta or m.rope_theta
+        if theta not in tables:
+            tables[theta] = _rope_table(theta, m.head_dim, max_len)
+        cos, sin = tables[theta]
+        c = layers[i]
+        c.attn_norm, c.mlp_norm = layer.attn_norm.data_ptr(), layer.mlp_norm.data_ptr()
+        for name in ("post_attn_norm", "post_mlp_norm", "q_norm", "k_norm"):
+            t = getattr(layer, name)
+            setattr(c, name, None if t is None else t.data_ptr())
+        c.qkv, c.o, c.gu, c.down = (ops.c_linear(w) for w in (layer.qkv, layer.o, layer.gate_up, layer.down))
+        c.kc, c.vc = k_cache[i].data_ptr(), v_cache[i].data_ptr()
+        c.cos, c.sin, c.window = cos.data_ptr(), sin.data_ptr(), layer.window
+    keep += [tables, layers]
+    scale = m.attn_scale if m.attn_scale is not None else m.head_dim ** -0.5
+    inter = m.layers[0].down.shape[1]
+    model = ops.CModel(len(m.layers), m.embed.shape[1], m.heads, m.kv_heads, m.head_dim, inter, max_len, m.act,
+                       m.eps, m.norm_offset, scale, 0, layers)
+    return model, keep
 
 
 def _rope_table(theta: float, d: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)  # [d/2]
     freqs = torch.arange(max_len, dtype=torch.float32)[:, None] * inv_freq[None]  # [max_len, d/2]
     emb = torch.cat([freqs, freqs], dim=-1)  # [max_len, d]
-    return emb.cos(), emb.sin()
+    return emb.cos().contiguous(), emb.sin().contiguous()
 
 
 def _visible(mask: torch.Tensor | None, n: int, base: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,15 +1,29 @@
-/* leapdecode native kernels: batch-invariant linear, canonical-order attention, norms, activations.
+/* leapdecode native kernels: batch-invariant linear, canonical-order attention, norms, activations,
+ * and one whole decoder pass (model_forward) so that Python pays one call per pass, not per op.
  *
  * The one rule: a row's result never depends on how many rows run with it, nor on its position.
  * Every (row, output) dot product runs over k in 8-lane FMA chunks in ascending k, then one fixed
- * horizontal sum; tiling over rows/outputs and the OpenMP split only regroup whole accumulators.
- * Built by leapdecode/models/native/build.py with gcc -O3 -march=native -fopenmp (no -ffast-math:
- * it would let the compiler reorder sums).
+ * horizontal sum, then the scale, then the bias; tiling over rows/outputs and the OpenMP split only
+ * regroup whole accumulators. Built by leapdecode/models/native/build.py with gcc -O3 -march=native
+ * -fopenmp -ffp-contract=off (no -ffast-math, no implicit FMA contraction: every fused multiply-add is
+ * an explicit intrinsic, so two code paths computing the same value round the same way).
  */
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+enum { F32 = 0, BF16 = 1, I8 = 2 };
+
+/* ---- per-category wall time (ms), filled when profiling is on ------------------------------- */
+static int g_profile = 0;
+static double g_times[3]; /* linear, attention, rest */
+void set_profile(int on) { g_profile = on; memset(g_times, 0, sizeof g_times); }
+void get_profile(double *out) { memcpy(out, g_times, sizeof g_times); }
+#define TIC double t0_ = g_profile ? omp_get_wtime() : 0
+#define TOC(cat) if (g_profile) g_times[cat] += (omp_get_wtime() - t0_) * 1e3
 
 /* fixed-order horizontal sum of 8 lanes: (0+4, 1+5, 2+6, 3+7) then pairs, then the last pair */
 static inline float hsum8(__m256 v) {
@@ -20,53 +34,125 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* 8 weights -> fp32 lanes, one loader per storage format */
-static inline __m256 load_f32(const void *w, long i) { return _mm256_loadu_ps((const float *)w + i); }
-static inline __m256 load_bf16(const void *w, long i) {
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* exact */
-}
-static inline __m256 load_i8(const void *w, long i) {
-    __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)w + i));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); /* exact: |q| <= 127 */
+/* e^x on 8 lanes: range reduction by ln 2 and a degree-5 minimax polynomial (Cephes' expf
+ * coefficients), about 1 ulp; every caller runs whole 8-lane vectors (tails padded), so each element
+ * gets the same arithmetic wherever it sits. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-/* y[n, out] = x[n, in] . W[out, in]^T (* scale[out]) (+ bias[out]).
- * Register tile: 4 outputs x 2 rows (8 accumulators), weights read once per row pair. */
-#define LINEAR_KERNEL(NAME, LOAD, WBYTES)                                                         \
-void NAME(const float *x, int n, int in, const void *w, const float *scale, const float *bias,    \
-          float *y, int out) {                                                                    \
-    const char *wb = (const char *)w;                                                             \
-    _Pragma("omp parallel for schedule(static)")                                                  \
-    for (int ob = 0; ob < (out + 3) / 4; ob++) {                                                  \
-        int o0 = ob * 4, no = out - o0 < 4 ? out - o0 : 4;                                        \
-        const void *wr[4];                                                                        \
-        for (int t = 0; t < 4; t++) wr[t] = wb + (long)(o0 + (t < no ? t : 0)) * in * WBYTES;     \
-        for (int r = 0; r < n; r += 2) {                                                          \
-            const float *x0 = x + (long)r * in, *x1 = r + 1 < n ? x0 + in : x0;                   \
-            __m256 a[2][4];                                                                       \
-            for (int t = 0; t < 4; t++) a[0][t] = a[1][t] = _mm256_setzero_ps();                  \
-            for (int k = 0; k < in; k += 8) {                                                     \
-                __m256 v0 = _mm256_loadu_ps(x0 + k), v1 = _mm256_loadu_ps(x1 + k);                \
-                for (int t = 0; t < 4; t++) {                                                     \
-                    __m256 wv = LOAD(wr[t], k);                                                   \
-                    a[0][t] = _mm256_fmadd_ps(v0, wv, a[0][t]);                                   \
-                    a[1][t] = _mm256_fmadd_ps(v1, wv, a[1][t]);                                   \
-                }                                                                                 \
-            }                                                                                     \
-            for (int rr = 0; rr < 2 && r + rr < n; rr++)                                          \
-                for (int t = 0; t < no; t++) {                                                    \
-                    float s = hsum8(a[rr][t]);                                                    \
-                    if (scale) s *= scale[o0 + t];                                                \
-                    if (bias) s += bias[o0 + t];                                                  \
-                    y[(long)(r + rr) * out + o0 + t] = s;                                         \
-                }                                                                                 \
-        }                                                                                         \
-    }                                                                                             \
+/* v[0..m-1] = exp(v - shift) in 8-lane vectors (the tail through a padded copy) */
+static void exp_shift(float *v, int m, float shift) {
+    __m256 sh = _mm256_set1_ps(shift);
+    int t = 0;
+    for (; t + 8 <= m; t += 8) _mm256_storeu_ps(v + t, exp8(_mm256_sub_ps(_mm256_loadu_ps(v + t), sh)));
+    if (t < m) {
+        float buf[8] = {0};
+        memcpy(buf, v + t, sizeof(float) * (m - t));
+        _mm256_storeu_ps(buf, exp8(_mm256_sub_ps(_mm256_loadu_ps(buf), sh)));
+        memcpy(v + t, buf, sizeof(float) * (m - t));
+    }
 }
-LINEAR_KERNEL(linear_f32, load_f32, 4)
-LINEAR_KERNEL(linear_bf16, load_bf16, 2)
-LINEAR_KERNEL(linear_i8, load_i8, 1)
+
+/* 8 weights -> fp32 lanes (all exact conversions) */
+static inline __attribute__((always_inline)) __m256 loadw(int fmt, const char *w, long i) {
+    if (fmt == F32) return _mm256_loadu_ps((const float *)w + i);
+    if (fmt == BF16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)w + i));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); /* |q| <= 127 */
+}
+
+static inline float finish(__m256 acc, const float *scale, const float *bias, int o) {
+    float s = hsum8(acc);
+    if (scale) s = s * scale[o];
+    if (bias) s = s + bias[o];
+    return s;
+}
+
+/* y[n, out] = x[n, in] . W[out, in]^T (* scale[out]) (+ bias[out]); in % 8 == 0.
+ * Threads split the outputs in blocks of 8. Inside a block, rows go in groups of 4 against two
+ * outputs at a time (the weights' 8 lanes are converted once for 4 rows), and the last n % 4 rows
+ * one at a time against all 8 outputs. Both tiles compute each dot product identically. */
+static inline __attribute__((always_inline)) void linear_body(int fmt, const float *x, int n, int in, const void *w,
+                                                              const float *scale, const float *bias, float *y, int out) {
+    const int wbytes = fmt == F32 ? 4 : fmt == BF16 ? 2 : 1;
+    const char *wb = (const char *)w;
+    const int blocks = (out + 7) / 8, n4 = n & ~3;
+    #pragma omp parallel for schedule(static)
+    for (int ob = 0; ob < blocks; ob++) {
+        int o0 = ob * 8, no = out - o0 < 8 ? out - o0 : 8;
+        const char *wr[8];
+        for (int t = 0; t < 8; t++) wr[t] = wb + (long)(o0 + (t < no ? t : 0)) * in * wbytes;
+        for (int r = 0; r < n4; r += 4) {
+            const float *xr = x + (long)r * in;
+            for (int t = 0; t < no; t += 2) {
+                __m256 a[4][2];
+                for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
+                const char *w0 = wr[t], *w1 = wr[t + 1 < 8 ? t + 1 : t];
+                for (int k = 0; k < in; k += 8) {
+                    __m256 v0 = loadw(fmt, w0, k), v1 = loadw(fmt, w1, k);
+                    for (int i = 0; i < 4; i++) {
+                        __m256 xv = _mm256_loadu_ps(xr + (long)i * in + k);
+                        a[i][0] = _mm256_fmadd_ps(xv, v0, a[i][0]);
+                        a[i][1] = _mm256_fmadd_ps(xv, v1, a[i][1]);
+                    }
+                }
+                for (int i = 0; i < 4; i++) {
+                    y[(long)(r + i) * out + o0 + t] = finish(a[i][0], scale, bias, o0 + t);
+                    if (t + 1 < no) y[(long)(r + i) * out + o0 + t + 1] = finish(a[i][1], scale, bias, o0 + t + 1);
+                }
+            }
+        }
+        for (int r = n4; r < n; r++) {
+            const float *xr = x + (long)r * in;
+            __m256 a[8];
+            for (int t = 0; t < 8; t++) a[t] = _mm256_setzero_ps();
+            for (int k = 0; k < in; k += 8) {
+                __m256 xv = _mm256_loadu_ps(xr + k);
+                for (int t = 0; t < 8; t++) a[t] = _mm256_fmadd_ps(xv, loadw(fmt, wr[t], k), a[t]);
+            }
+            for (int t = 0; t < no; t++) y[(long)r * out + o0 + t] = finish(a[t], scale, bias, o0 + t);
+        }
+    }
+}
+void linear_f32(const float *x, int n, int in, const void *w, const float *s, const float *b, float *y, int out) {
+    linear_body(F32, x, n, in, w, s, b, y, out);
+}
+void linear_bf16(const float *x, int n, int in, const void *w, const float *s, const float *b, float *y, int out) {
+    linear_body(BF16, x, n, in, w, s, b, y, out);
+}
+void linear_i8(const float *x, int n, int in, const void *w, const float *s, const float *b, float *y, int out) {
+    linear_body(I8, x, n, in, w, s, b, y, out);
+}
+
+typedef struct {
+    const void *w;
+    const float *scale, *bias; /* [out] or NULL */
+    int out, in, fmt, pad;
+} Lin;
+
+static void linear(const Lin *l, const float *x, int n, float *y) {
+    TIC;
+    if (l->fmt == F32) linear_f32(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
+    else if (l->fmt == BF16) linear_bf16(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
+    else linear_i8(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
+    TOC(0);
+}
 
 static inline float dot(const float *a, const float *b, int d) {
     __m256 acc = _mm256_setzero_ps();
@@ -74,45 +160,71 @@ static inline float dot(const float *a, const float *b, int d) {
     return hsum8(acc);
 }
 
-/* Attention of n queries over cache slots in canonical order.
+/* Attention of n queries over cache slots in canonical order; d % 8 == 0.
  * q: [n, heads, d]; kc, vc: [kv_heads, max_len, d] (this layer); out: [n, heads, d].
- * Query j sees slots 0..cached-1, then the slots extra[j, 0..count[j]-1] (its ancestors in the
- * pass by depth, itself last). Scores, max, exp, sum and the weighted sum run in that order.
- * window > 0 keeps only keys whose position is > pos[j] - window (slot = position here).
- * scratch: [threads, max_len] floats. */
+ * Query j sees slots first..cached-1, then the slots extra[j, 0..count[j]-1] (its ancestors in the
+ * pass by depth, itself last). Scores, max, exp, sum and the weighted sum run in that order, so a
+ * query's result is the same whether its ancestors are in the pass or already committed.
+ * window > 0 keeps only the cache slots > pos[j] - window (slot = position). */
 void attention(const float *q, int n, int heads, int kv_heads, int d, const float *kc, const float *vc,
                int max_len, int cached, const int *extra, const int *count, int max_extra,
-               float scale, int window, const int *pos, float *out, float *scratch, int threads) {
-    int group = heads / kv_heads;
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int jh = 0; jh < n * heads; jh++) {
-        int j = jh / heads, h = jh % heads, g = h / group;
-        extern int omp_get_thread_num(void);
-        float *s = scratch + (long)omp_get_thread_num() * (max_len + max_extra);
-        const float *qv = q + (long)jh * d, *kb = kc + (long)g * max_len * d, *vb = vc + (long)g * max_len * d;
-        int first = 0;
-        if (window > 0 && pos[j] - window + 1 > 0) first = pos[j] - window + 1;
-        int m = 0;
-        int slots[1]; (void)slots;
-        float mx = -INFINITY;
-        for (int i = first; i < cached; i++, m++) { s[m] = dot(qv, kb + (long)i * d, d) * scale; if (s[m] > mx) mx = s[m]; }
-        for (int e = 0; e < count[j]; e++, m++) {
-            int i = extra[j * max_extra + e];
-            s[m] = dot(qv, kb + (long)i * d, d) * scale; if (s[m] > mx) mx = s[m];
+               float scale, int window, const int *pos, float *out) {
+    const int group = heads / kv_heads, cap = cached + max_extra + 1;
+    #pragma omp parallel
+    {
+        float *s = malloc(sizeof(float) * (size_t)cap * group);
+        int *slot = malloc(sizeof(int) * (size_t)cap);
+        #pragma omp for schedule(static)
+        for (int jg = 0; jg < n * kv_heads; jg++) { /* one query row x one kv head (its group of q heads) */
+            int j = jg / kv_heads, g = jg % kv_heads;
+            const float *kb = kc + (long)g * max_len * d, *vb = vc + (long)g * max_len * d;
+            int first = 0;
+            if (window > 0 && pos[j] - window + 1 > 0) first = pos[j] - window + 1;
+            if (first > cached) first = cached;
+            int m = 0;
+            for (int i = first; i < cached; i++) slot[m++] = i;
+            for (int e = 0; e < count[j]; e++) slot[m++] = extra[j * max_extra + e];
+            for (int hq = 0; hq < group; hq++) {
+                const int h = g * group + hq;
+                const float *qv = q + ((long)j * heads + h) * d;
+                float *sh = s + (long)hq * cap, mx = -INFINITY;
+                int t = 0;
+                for (; t + 4 <= m; t += 4) { /* four independent dot products in flight */
+                    const float *k0 = kb + (long)slot[t] * d, *k1 = kb + (long)slot[t + 1] * d;
+                    const float *k2 = kb + (long)slot[t + 2] * d, *k3 = kb + (long)slot[t + 3] * d;
+                    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                    for (int k = 0; k < d; k += 8) {
+                        __m256 qk = _mm256_loadu_ps(qv + k);
+                        a0 = _mm256_fmadd_ps(qk, _mm256_loadu_ps(k0 + k), a0);
+                        a1 = _mm256_fmadd_ps(qk, _mm256_loadu_ps(k1 + k), a1);
+                        a2 = _mm256_fmadd_ps(qk, _mm256_loadu_ps(k2 + k), a2);
+                        a3 = _mm256_fmadd_ps(qk, _mm256_loadu_ps(k3 + k), a3);
+                    }
+                    sh[t] = hsum8(a0) * scale; sh[t + 1] = hsum8(a1) * scale;
+                    sh[t + 2] = hsum8(a2) * scale; sh[t + 3] = hsum8(a3) * scale;
+                }
+                for (; t < m; t++) sh[t] = dot(qv, kb + (long)slot[t] * d, d) * scale;
+                for (t = 0; t < m; t++) if (sh[t] > mx) mx = sh[t];
+                exp_shift(sh, m, mx);
+                float sum = 0.f;
+                for (t = 0; t < m; t++) sum += sh[t];
+                float inv = 1.f / sum;
+                float *o = out + ((long)j * heads + h) * d;
+                for (int k0 = 0; k0 < d; k0 += 64) { /* up to 8 independent lane groups per sweep */
+                    int lanes = d - k0 < 64 ? (d - k0) / 8 : 8;
+                    __m256 acc[8];
+                    for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+                    for (t = 0; t < m; t++) {
+                        __m256 p = _mm256_set1_ps(sh[t]);
+                        const float *vr = vb + (long)slot[t] * d + k0;
+                        for (int c = 0; c < lanes; c++) acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+                    }
+                    for (int c = 0; c < lanes; c++) _mm256_storeu_ps(o + k0 + 8 * c, _mm256_mul_ps(acc[c], _mm256_set1_ps(inv)));
+                }
+            }
         }
-        float sum = 0.f;
-        for (int t = 0; t < m; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
-        float inv = 1.f / sum;
-        float *o = out + (long)jh * d;
-        for (int k = 0; k < d; k += 8) {
-            __m256 acc = _mm256_setzero_ps();
-            int t = 0;
-            for (int i = first; i < cached; i++, t++)
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(s[t]), _mm256_loadu_ps(vb + (long)i * d + k), acc);
-            for (int e = 0; e < count[j]; e++, t++)
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(s[t]), _mm256_loadu_ps(vb + (long)extra[j * max_extra + e] * d + k), acc);
-            _mm256_storeu_ps(o + k, _mm256_mul_ps(acc, _mm256_set1_ps(inv)));
-        }
+        free(s);
+        free(slot);
     }
 }
 
@@ -125,17 +237,112 @@ void rmsnorm(const float *x, int n, int d, const float *w, float eps, float offs
     }
 }
 
-/* gu: [n, 2*m] (gate then up); y[n, m] = act(gate) * up; act 0 = silu, 1 = gelu-tanh */
+/* gu: [n, 2*m] (gate then up), m % 8 == 0; y[n, m] = act(gate) * up; act 0 = silu, 1 = gelu-tanh
+ * (tanh z = 1 - 2 / (e^(2z) + 1)) */
 void gated_act(const float *gu, int n, int m, int act, float *y) {
+    const __m256 one = _mm256_set1_ps(1.f), half = _mm256_set1_ps(0.5f), two = _mm256_set1_ps(2.f);
+    #pragma omp parallel for schedule(static)
     for (int r = 0; r < n; r++)
-        for (int k = 0; k < m; k++) {
-            float g = gu[(long)r * 2 * m + k], u = gu[(long)r * 2 * m + m + k], a;
-            if (act == 0) a = g / (1.f + expf(-g));
-            else a = 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
-            y[(long)r * m + k] = a * u;
+        for (int k = 0; k < m; k += 8) {
+            __m256 g = _mm256_loadu_ps(gu + (long)r * 2 * m + k), u = _mm256_loadu_ps(gu + (long)r * 2 * m + m + k), a;
+            if (act == 0) {
+                a = _mm256_div_ps(g, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+            } else {
+                __m256 g3 = _mm256_mul_ps(_mm256_mul_ps(g, g), g);
+                __m256 z = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f), _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), g3, g));
+                __m256 th = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(exp8(_mm256_mul_ps(two, z)), one)));
+                a = _mm256_mul_ps(_mm256_mul_ps(half, g), _mm256_add_ps(one, th));
+            }
+            _mm256_storeu_ps(y + (long)r * m + k, _mm256_mul_ps(a, u));
         }
 }
 
+/* x[d] rotated by halves in place: (a, b) -> (a cos - b sin, b cos + a sin) */
+static void rope(float *x, int d, const float *cos, const float *sin) {
+    int half = d / 2;
+    for (int i = 0; i < half; i++) {
+        float a = x[i], b = x[i + half];
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
+
+/* ---- one decoder pass ---------------------------------------------------------------------- */
+typedef struct {
+    const float *attn_norm, *post_attn_norm, *mlp_norm, *post_mlp_norm; /* [hidden]; post_* may be NULL */
+    const float *q_norm, *k_norm;                                       /* [d] per-head norms or NULL */
+    Lin qkv, o, gu, down;
+    float *kc, *vc;          /* [kv_heads, max_len, d] */
+    const float *cos, *sin;  /* [max_len, d] rope tables for this layer */
+    int window, pad;         /* sliding window (0 = global) */
+} LayerW;
+
+typedef struct {
+    int n_layers, hidden, heads, kv_heads, d, inter, max_len, act;
+    float eps, norm_offset, attn_scale;
+    int pad;
+    const LayerW *layers;
+} ModelW;
+
+/* x [n, hidden]: the embedded inputs, replaced by the last hidden state (before the final norm).
+ * Input j sits at position pos[j] and is written to cache slot base + j of every layer; it attends
+ * to slots 0..base-1 and extra[j, 0..count[j]-1]. Returns 0, or -1 if memory ran out. */
+int model_forward(const ModelW *m, float *x, int n, int base, const int *pos, const int *extra,
+                  const int *count, int max_extra) {
+    const int H = m->hidden, h = m->heads, kv = m->kv_heads, d = m->d, qkvw = (h + 2 * kv) * d;
+    float *t1 = malloc(sizeof(float) * (size_t)n * H), *t2 = malloc(sizeof(float) * (size_t)n * H);
+    float *qkv = malloc(sizeof(float) * (size_t)n * qkvw), *att = malloc(sizeof(float) * (size_t)n * h * d);
+    float *gu = malloc(sizeof(float) * (size_t)n * 2 * m->inter), *act = malloc(sizeof(float) * (size_t)n * m->inter);
+    float *q = malloc(sizeof(float) * (size_t)n * h * d);
+    int ok = t1 && t2 && qkv && att && gu && act && q;
+    for (int li = 0; ok && li < m->n_layers; li++) {
+        const LayerW *L = &m->layers[li];
+        { TIC; rmsnorm(x, n, H, L->attn_norm, m->eps, m->norm_offset, t1); TOC(2); }
+        linear(&L->qkv, t1, n, qkv);
+        {
+            TIC;
+            for (int j = 0; j < n; j++) {
+                float *row = qkv + (long)j * qkvw;
+                const float *c = L->cos + (long)pos[j] * d, *s = L->sin + (long)pos[j] * d;
+                for (int hh = 0; hh < h; hh++) {
+                    float *qh = q + ((long)j * h + hh) * d;
+                    if (L->q_norm) rmsnorm(row + hh * d, 1, d, L->q_norm, m->eps, m->norm_offset, qh);
+                    else memcpy(qh, row + hh * d, sizeof(float) * d);
+                    rope(qh, d, c, s);
+                }
+                for (int g = 0; g < kv; g++) {
+                    float *kd = L->kc + ((long)g * m->max_len + base + j) * d;
+                    if (L->k_norm) rmsnorm(row + (h + g) * d, 1, d, L->k_norm, m->eps, m->norm_offset, kd);
+                    else memcpy(kd, row + (h + g) * d, sizeof(float) * d);
+                    rope(kd, d, c, s);
+                    memcpy(L->vc + ((long)g * m->max_len + base + j) * d, row + (h + kv + g) * d, sizeof(float) * d);
+                }
+            }
+            TOC(2);
+        }
+        { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, base, extra, count, max_extra, m->attn_scale,
+                         L->window, pos, att); TOC(1); }
+        linear(&L->o, att, n, t2);
+        {
+            TIC;
+            if (L->post_attn_norm) rmsnorm(t2, n, H, L->post_attn_norm, m->eps, m->norm_offset, t2);
+            for (long i = 0; i < (long)n * H; i++) x[i] += t2[i];
+            rmsnorm(x, n, H, L->mlp_norm, m->eps, m->norm_offset, t1);
+            TOC(2);
+        }
+        linear(&L->gu, t1, n, gu);
+        { TIC; gated_act(gu, n, m->inter, m->act, act); TOC(2); }
+        linear(&L->down, act, n, t2);
+        {
+            TIC;
+            if (L->post_mlp_norm) rmsnorm(t2, n, H, L->post_mlp_norm, m->eps, m->norm_offset, t2);
+            for (long i = 0; i < (long)n * H; i++) x[i] += t2[i];
+            TOC(2);
+        }
+    }
+    free(t1); free(t2); free(qkv); free(att); free(gu); free(act); free(q);
+    return ok ? 0 : -1;
+}
+
 /* the OpenMP team size for every kernel above (the split never changes an output's arithmetic) */
-extern void omp_set_num_threads(int);
 void set_threads(int n) { omp_set_num_threads(n); }
