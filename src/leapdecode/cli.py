@@ -1,4 +1,4 @@
-"""`leapdecode generate | bench | index | serve | models`.
+"""`leapdecode generate | bench | profile | index | serve | diversity | models`.
 
 Every user error ends as one line on stderr and exit code 2, never a traceback.
 """
@@ -11,55 +11,13 @@ import sys
 from typing import Any, Callable, Sequence
 
 from .drafters import DEFAULT_METHOD, DRAFTERS
-
-
-class UsageError(ValueError):
-    """A bad command line: printed as one line, exit code 2."""
-
-
-def budget_arg(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}") from None
-
-
-def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """['k=8', 'store=a.npz', 'keep=true'] -> {'k': 8, 'store': 'a.npz', 'keep': True}."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--opt expects KEY=VALUE, got {pair!r}")
-        value: Any = {"true": True, "false": False, "none": None}.get(text.lower(), text)
-        if isinstance(value, str):
-            for kind in (int, float):
-                try:
-                    value = kind(text)
-                    break
-                except ValueError:
-                    pass
-        options[key.replace("-", "_")] = value
-    return options
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="packaged name, transformers dir or .gguf file")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="cuda: static KV cache and verification passes replayed as CUDA graphs")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp", "native"],
-                   help="llamacpp: llama.cpp runs the GGUF model's own quantized weights (GGUF models only); "
-                   "native: leapdecode's own batch-invariant CPU runtime (Llama, Qwen2; --dtype int8 too)")
+from .options import UsageError, add_model_args, budget_arg, parse_options, resolve_backend, set_threads
 
 
 def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate text from a prompt")
     p.add_argument("prompt", help="the prompt text ('-' reads standard input)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"drafter: {', '.join(DRAFTERS)}")
     p.add_argument("--budget", type=budget_arg, default=None,
                    help="draft tokens per step, or 'auto' to size drafts by measured pass cost (default: the drafter's)")
@@ -156,15 +114,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    import torch
-
     from . import load
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    return load(args.model, args.dtype, args.device, backend=args.backend)
+    set_threads(args.threads)
+    if args.mode != "speculative" and args.backend == "auto":
+        args.backend = "transformers"  # the multi-output modes run on a transformers model
+    backend = resolve_backend(args, notice=lambda line: print(line, file=sys.stderr))
+    return load(args.model, args.dtype, args.device, backend=backend)
 
 
 COMMANDS: list[Callable[[Any], None]] = [_add_generate, _add_models]
@@ -175,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
-    for extra in ("bench", "diversity", "index", "serve"):
+    for extra in ("bench", "diversity", "index", "profile", "serve"):
         _try_add(extra, sub)
     return parser
 
@@ -185,7 +141,7 @@ def _try_add(name: str, sub: Any) -> None:
     import importlib
 
     module = {"bench": ".bench.cli", "diversity": ".decoding.bench", "index": ".drafters.index_cli",
-              "serve": ".server.cli"}[name]
+              "profile": ".bench.profile", "serve": ".server.cli"}[name]
     try:
         importlib.import_module(module, __package__).add_parser(sub)
     except ModuleNotFoundError as err:

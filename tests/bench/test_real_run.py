@@ -8,7 +8,7 @@ import pytest
 
 from leapdecode.cli import main
 
-METHODS = ["none", "prompt-lookup", "hf-greedy"]
+METHODS = ["none", "prompt-lookup", "hf-none", "hf-greedy"]
 SUMMARY_KEYS = {"questions", "outputs", "new_tokens", "wall_s", "tokens_per_s", "speedup", "tau",
                 "identical", "identical_to_own_greedy"}
 RECORD_KEYS = {"method", "question_id", "subtask", "turn", "new_tokens", "steps", "wall_s",
@@ -35,6 +35,7 @@ def test_results_complete(run):
             assert summary["tokens_per_s"] > 0 and summary["speedup"] > 0 and summary["outputs"] == 1
     s = results["settings"]
     assert (s["model"], s["dtype"], s["max_new_tokens"], s["baseline"]) == ("smollm2-135m", "float32", 8, "none")
+    assert s["backend"] == "native" and s["families"]["hf-none"] == "leapdecode-hf"  # auto: the own runtime
     assert s["command"].startswith("leapdecode bench ")
     assert results["versions"]["torch"] and results["machine"]["logical_cpus"]
     assert len(results["questions"]) == len(METHODS)
@@ -61,6 +62,7 @@ def test_identical_and_speedup_recomputed(run):
     assert results["methods"]["prompt-lookup"]["overall"]["identical"] == 1.0
     assert results["methods"]["none"]["overall"]["tau"] == 1.0
     assert results["methods"]["hf-greedy"]["overall"]["tau"] == 1.0
+    assert results["methods"]["hf-none"]["overall"]["tau"] == 1.0
 
 
 def test_llamacpp_runners(engine):

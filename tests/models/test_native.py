@@ -227,3 +227,57 @@ def test_unsupported_architecture_and_bad_dtype(tmp_path, directory):
     with pytest.raises(ValueError, match="float32, bfloat16, int8"):
         load_native(directory, "float16")
     assert unsupported_reason(directory) is None
+
+
+# ---- choosing the runtime ------------------------------------------------------------------
+def test_pick_backend(tmp_path, directory):
+    from leapdecode import pick_backend
+
+    notes = []
+    assert pick_backend("auto", str(directory), "bfloat16", notice=notes.append) == "native"
+    assert pick_backend("auto", str(directory), "int8") == "native"
+    assert pick_backend("auto", str(directory), "float32", device="cuda") == "transformers"
+    assert pick_backend("hf", str(directory), "float32") == "transformers"
+    assert pick_backend("native", str(directory), "float32") == "native"
+    assert notes == []
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MambaForCausalLM"]}))
+    assert pick_backend("auto", str(tmp_path), "bfloat16", notice=notes.append) == "transformers"
+    assert len(notes) == 1 and "MambaForCausalLM" in notes[0] and "transformers" in notes[0]
+    with pytest.raises(ValueError, match="int8 needs the native runtime"):
+        pick_backend("auto", str(tmp_path), "int8")
+    with pytest.raises(ValueError, match="unknown backend"):
+        pick_backend("onnx", str(directory), "float32")
+
+
+def test_profile_command(tmp_path, capsys):
+    from leapdecode.cli import main
+
+    out = tmp_path / "prof"
+    assert main(["profile", "--ks", "2,1", "--context", "8", "--repeat", "1", "--out", str(out)]) == 0
+    result = json.loads((out / "profile.json").read_text())
+    rows = result["passes"]
+    assert [r["k"] for r in rows] == [1, 2] and result["bandwidth_gb_s"] > 0
+    for r in rows:
+        assert r["linear_ms"] > 0 and r["attention_ms"] > 0 and r["floor_ms"] > 0
+        assert r["linear_ms"] + r["attention_ms"] <= r["ms"] * 1.05
+        assert r["x_floor"] == pytest.approx(r["ms"] / r["floor_ms"])
+    assert rows[0]["x_pass_of_1"] == 1.0
+    assert (out / "profile.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| k | ms/pass | linear |" in capsys.readouterr().out
+    assert main(["profile", "--ks", "0,1"]) == 2
+    assert "--ks takes integers >= 1" in capsys.readouterr().err
+
+
+def test_draft_model_on_the_native_runtime(targets, tokenizer):
+    """A native draft model (here the target's own weights in int8) drafts for a bf16 target."""
+    from leapdecode.drafters.draft_model import load_draft
+    from leapdecode.models.native import NativeTarget
+
+    draft = load_draft("smollm2-135m", "int8", "native")
+    assert isinstance(draft[0], NativeTarget)
+    engine = Engine(targets["bfloat16"], tokenizer, name="smollm2-135m")
+    config = GenerationConfig(max_new_tokens=32)
+    plain = engine.generate(PROMPTS[1], config, "none")
+    out = engine.generate(PROMPTS[1], config, "draft-model", model=draft, length=3)
+    assert out.token_ids == plain.token_ids
+    assert out.stats.steps < plain.stats.steps  # the int8 twin agrees with the bf16 target often

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..cli import budget_arg
+from ..options import add_model_args, budget_arg, resolve_backend
 from ..drafters import DEFAULT_METHOD
 from .questions import Question, default_questions_path, load_questions, round_robin, select_questions
 from .runners import PEER_OPTIONS, all_methods, check_methods, family, has_package, own_greedy, split_method
@@ -34,14 +34,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help=f"comma-separated, from: {', '.join(all_methods())} (default: {DEFAULT_METHODS})")
     p.add_argument("--baseline", default="none", help="method the speedup and `identical` refer to (default: none)")
-    p.add_argument("--model", default="smollm2-135m", help="packaged name, transformers dir or .gguf file")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    add_model_args(p, threads=2)
     p.add_argument("--draft-model", default=None,
                    help="draft model for draft-model (any tokenizer) and hf-assisted (same tokenizer)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="cuda: this project's engine runs compiled CUDA-graph passes")
-    p.add_argument("--backend", default="transformers", choices=["transformers", "llamacpp"],
-                   help="the target of this project's methods: a transformers model, or llama.cpp on the GGUF file")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit-per-category", type=int, default=None, metavar="K",
                    help="the first K questions of each subtask")
@@ -52,7 +47,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up generations per method")
     p.add_argument("--budget", type=budget_arg, default=None,
                    help="draft tokens per step for this project's drafters (an integer or 'auto')")
-    p.add_argument("--threads", type=int, default=2, help="torch and llama.cpp CPU threads (default 2)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
@@ -105,6 +99,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ValueError("the bench plots need matplotlib; install it with: pip install 'leapdecode[bench]'")
     llamacpp = args.backend == "llamacpp"
     check_model(args.model, "--model", need_gguf=llamacpp or any(family(m) == "llamacpp" for m in methods))
+    args.backend = resolve_backend(args, notice=lambda line: print(f"leapdecode bench: {line}", file=sys.stderr))
+    if args.dtype == "int8" and args.backend != "native":
+        raise ValueError("--dtype int8 runs on leapdecode's own runtime only: use --backend native (or auto)")
+    if args.backend == "native" and args.device != "cpu":
+        raise ValueError("the native runtime runs on the CPU; use --backend hf with --device cuda")
     if llamacpp:
         hf = [m for m in methods if family(m) == "hf"]
         if hf:
@@ -189,11 +188,12 @@ def run(plan: Plan) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     machine = machine_info()
     engine = leapdecode.load(args.model, args.dtype, args.device, backend=args.backend)
-    setup = Setup(engine, budget=args.budget, threads=args.threads, draft_name=args.draft_model, dtype=args.dtype)
+    setup = Setup(engine, budget=args.budget, threads=args.threads, draft_name=args.draft_model, dtype=args.dtype,
+                  model=args.model, device=args.device, backend=args.backend)
     if "hf-assisted" in methods:
         from ..models.registry import load_model
 
-        setup.draft_model = load_model(args.draft_model, args.dtype, args.device)[0]
+        setup.draft_model = load_model(args.draft_model, setup.hf_dtype, args.device)[0]
     if any(family(m) == "llamacpp" for m in methods):
         setup.gguf = gguf_file(args.model)
         needed = context_needed(engine, plan.questions, args.max_new_tokens)
@@ -275,6 +275,7 @@ def settings(plan: Plan, engine: Any, setup: Any, finished: list[Question]) -> d
         "warmup": args.warmup,
         "threads": args.threads,
         "peer_options": {m: PEER_OPTIONS[m] for m in plan.methods if m in PEER_OPTIONS},
+        "hf_dtype": setup.hf_dtype if any(family(m) in ("hf", "leapdecode-hf") for m in plan.methods) else None,
         "llamacpp_n_ctx": setup.n_ctx if setup.gguf is not None else None,
         "command": shlex.join(command),
     }

@@ -7,6 +7,8 @@ token ids, the number of target forward passes that emitted tokens (`steps`) and
     runner.generate(prompt_ids, max_new_tokens) -> Output(token_ids, steps, wall_s)
 
 Peers:
+- `hf-none`: this project's engine without a drafter on the transformers target (when the engine's
+  own target is the native runtime, this is the column the runtime's gain is read against).
 - `hf-greedy`, `hf-static`, `hf-prompt-lookup`, `hf-assisted`: transformers' own `generate` on the
   very model object the engine uses (dynamic cache; `cache_implementation="static"`, which
   transformers compiles on a GPU; `prompt_lookup_num_tokens=10`; `assistant_model=` a draft model).
@@ -31,6 +33,7 @@ PROMPT_LOOKUP_TOKENS = 10
 
 # peer method -> its family; a family's greedy run is the reference for `identical_to_own_greedy`
 PEERS: dict[str, str] = {
+    "hf-none": "leapdecode-hf",
     "hf-greedy": "hf",
     "hf-static": "hf",
     "hf-prompt-lookup": "hf",
@@ -39,6 +42,7 @@ PEERS: dict[str, str] = {
     "llamacpp-prompt-lookup": "llamacpp",
 }
 PEER_OPTIONS = {  # as recorded in results.json
+    "hf-none": "leapdecode engine, method none, backend transformers",
     "hf-greedy": "model.generate(do_sample=False)",
     "hf-static": "model.generate(do_sample=False, cache_implementation='static')",
     "hf-prompt-lookup": f"model.generate(do_sample=False, prompt_lookup_num_tokens={PROMPT_LOOKUP_TOKENS})",
@@ -47,7 +51,7 @@ PEER_OPTIONS = {  # as recorded in results.json
     "llamacpp-prompt-lookup": "Llama(logits_all=True, draft_model=LlamaPromptLookupDecoding("
                               f"num_pred_tokens={PROMPT_LOOKUP_TOKENS})).generate(temp=0, top_k=1)",
 }
-FAMILY_GREEDY = {"leapdecode": "none", "hf": "hf-greedy", "llamacpp": "llamacpp-greedy"}
+FAMILY_GREEDY = {"leapdecode": "none", "leapdecode-hf": "hf-none", "hf": "hf-greedy", "llamacpp": "llamacpp-greedy"}
 # optional package (import name) -> how to install it
 OPTIONAL_PACKAGES = {
     "llama_cpp": "pip install 'leapdecode[llamacpp]' "
@@ -69,7 +73,7 @@ def split_method(spec: str) -> tuple[str, dict[str, Any]]:
     >>> split_method("suffix:budget=auto")
     ('suffix', {'budget': 'auto'})
     """
-    from ..cli import parse_options
+    from ..options import parse_options
 
     name, *pairs = spec.split(":")
     if pairs and name in PEERS:
@@ -133,8 +137,9 @@ def cut_at_eos(tokens: Iterable[int], eos_ids: set[int], limit: int) -> list[int
 class EngineRunner:
     """One of this project's drafters, run by the engine."""
 
-    def __init__(self, engine: Any, method: str, budget: int | str | None = None, **options: Any):
-        self.engine, self.name = engine, method
+    def __init__(self, engine: Any, method: str, budget: int | str | None = None, name: str | None = None,
+                 **options: Any):
+        self.engine, self.name = engine, name or method
         self.drafter, own = split_method(method)
         self.budget = own.pop("budget", budget)  # `suffix:budget=4` overrides the run's --budget
         self.options = {**options, **own}  # the method's own options win over the run's
@@ -244,6 +249,31 @@ class Setup:
     gguf: Path | None = None  # the model's GGUF file, for the llama.cpp peers
     threads: int = 2
     n_ctx: int = 4096  # llama.cpp context size
+    model: str | None = None  # the model's name, to load its transformers twin
+    device: str = "cpu"
+    backend: str = "transformers"  # the engine's target: transformers, native or llamacpp
+    _hf_engine: Any = None
+
+    @property
+    def hf_dtype(self) -> str:
+        """The dtype of the transformers peers (8-bit weights exist on the native runtime only)."""
+        return "bfloat16" if self.dtype == "int8" else self.dtype
+
+    def hf_engine(self) -> Any:
+        """An engine on the transformers target: the engine itself, or a twin loaded once."""
+        if self._hf_engine is None:
+            if getattr(self.engine.target, "model", None) is not None and self.backend == "transformers":
+                self._hf_engine = self.engine
+            else:
+                if self.model is None:
+                    raise ValueError("the transformers peers need the model's name")
+                import leapdecode
+
+                self._hf_engine = leapdecode.load(self.model, self.hf_dtype, self.device, backend="transformers")
+        return self._hf_engine
+
+    def hf_model(self) -> Any:
+        return self.hf_engine().target.model
 
 
 def _llamacpp(name: str, setup: Setup, prompt_lookup: bool) -> LlamaCppRunner:
@@ -253,13 +283,12 @@ def _llamacpp(name: str, setup: Setup, prompt_lookup: bool) -> LlamaCppRunner:
 
 
 PEER_RUNNERS: dict[str, Callable[[Setup], Any]] = {
-    "hf-greedy": lambda s: HFRunner("hf-greedy", s.engine.target.model, s.engine.eos_ids),
-    "hf-prompt-lookup": lambda s: HFRunner("hf-prompt-lookup", s.engine.target.model, s.engine.eos_ids,
+    "hf-none": lambda s: EngineRunner(s.hf_engine(), "none", name="hf-none"),
+    "hf-greedy": lambda s: HFRunner("hf-greedy", s.hf_model(), s.engine.eos_ids),
+    "hf-prompt-lookup": lambda s: HFRunner("hf-prompt-lookup", s.hf_model(), s.engine.eos_ids,
                                            prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS),
-    "hf-static": lambda s: HFRunner("hf-static", s.engine.target.model, s.engine.eos_ids,
-                                    cache_implementation="static"),
-    "hf-assisted": lambda s: HFRunner("hf-assisted", s.engine.target.model, s.engine.eos_ids,
-                                      assistant_model=s.draft_model),
+    "hf-static": lambda s: HFRunner("hf-static", s.hf_model(), s.engine.eos_ids, cache_implementation="static"),
+    "hf-assisted": lambda s: HFRunner("hf-assisted", s.hf_model(), s.engine.eos_ids, assistant_model=s.draft_model),
     "llamacpp-greedy": lambda s: _llamacpp("llamacpp-greedy", s, prompt_lookup=False),
     "llamacpp-prompt-lookup": lambda s: _llamacpp("llamacpp-prompt-lookup", s, prompt_lookup=True),
 }
@@ -274,5 +303,10 @@ def build_runners(methods: Sequence[str], setup: Setup) -> list[Any]:
 def _engine_runner(method: str, setup: Setup) -> EngineRunner:
     options: dict[str, Any] = {}
     if split_method(method)[0] == "draft-model":
-        options = {"model": setup.draft_name, "dtype": setup.dtype}
+        # the draft model runs where the target runs (llama.cpp drafts for a llama.cpp target are
+        # chosen with the method's own `backend=` option)
+        if setup.backend == "native":
+            options = {"model": setup.draft_name, "dtype": setup.dtype, "backend": "native"}
+        else:
+            options = {"model": setup.draft_name, "dtype": setup.hf_dtype}
     return EngineRunner(setup.engine, method, setup.budget, **options)

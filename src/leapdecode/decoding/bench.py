@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 from . import decode
 from .metrics import best_of_n_bleu, distinct_n, self_bleu
 from ..models.base import hf_model_of
+from ..options import add_model_args
 
 BENCH_MODES = ("beam", "diverse-beam", "superposed", "sample", "sample-seq")
 SUBTASKS = {"translation", "summarization", "qa", "math_reasoning", "rag"}
@@ -164,9 +165,7 @@ def table(result: dict[str, Any]) -> str:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("diversity", help="diversity and cost of beam, diverse-beam, superposed and sampled outputs")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_model_args(p, device=False, backend=False)  # the multi-output modes run on transformers
     p.add_argument("--questions", default=None, help="a Spec-Bench-format .jsonl (default: the packaged dev set)")
     p.add_argument("--per-subtask", type=int, default=2, help="questions per subtask (6 subtasks)")
     p.add_argument("-k", type=int, default=4, help="outputs per question (beams, drafts or samples)")
@@ -191,14 +190,10 @@ def cmd_diversity(args: argparse.Namespace) -> int:
         raise ValueError("-k, --per-subtask and --max-new-tokens must be >= 1")
     import sys
 
-    import torch
-
     from .. import load
+    from ..options import set_threads
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     questions = load_questions(args.per_subtask, args.questions)
     engine = load(args.model, args.dtype)
     result = run_bench(engine, questions, modes, args, log=lambda s: print(s, file=sys.stderr))

@@ -56,7 +56,7 @@ DEFAULT_DRAFTS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-0.5b"}
 SIBLING_CONFIDENCE = 0.9  # add tree siblings at a depth only where the draft's top probability is below this
 CATCH_UP_LOGITS = 16  # catch-ups up to this long run in one pass; longer ones are prefilled first
 SEED_OFFSET = 0x5EED  # the draft's sampler must be independent of the engine's: never reuse its seed
-BACKENDS = ("transformers", "llamacpp")  # what runs the draft model
+BACKENDS = ("transformers", "native", "llamacpp")  # what runs the draft model
 
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # (name, dtype, backend) -> (model, tokenizer)
 # what "auto" learned (acceptance per confidence, costs), kept across requests for each pair
@@ -66,17 +66,27 @@ _LEARNED: dict[tuple, "DraftLength"] = {}
 def load_draft(name: str, dtype: str = "float32", backend: str = "transformers") -> tuple[Any, Any]:
     """(model, tokenizer) of a draft model, loaded once per process for each (name, dtype, backend).
 
-    backend "transformers": a transformers model in `dtype`; "llamacpp": a `LlamaCppTarget` on
-    the model's GGUF file (its own quantized weights and kernels, with the torch thread count),
-    and the tokenizer of its transformers directory.
+    backend "transformers": a transformers model in `dtype`; "native": leapdecode's own runtime
+    (a NativeTarget in `dtype`, or transformers for an architecture it does not run); "llamacpp":
+    a `LlamaCppTarget` on the model's GGUF file (its own quantized weights and kernels, with the
+    torch thread count). The tokenizer is that of the model's transformers directory.
     """
     check_backend(backend)
-    key = (name, dtype if backend == "transformers" else f"threads={torch.get_num_threads()}", backend)
+    key = (name, dtype if backend != "llamacpp" else f"threads={torch.get_num_threads()}", backend)
     if key not in _LOADED:
-        from ..models.registry import load_model, load_tokenizer
+        from ..models.registry import load_model, load_tokenizer, resolve
 
         try:
-            if backend == "transformers":
+            if backend == "native":
+                from ..models.native import load_native, unsupported_reason
+
+                directory = resolve(name)
+                if unsupported_reason(directory) is None:
+                    target = load_native(directory, dtype, threads=torch.get_num_threads())
+                    _LOADED[key] = (target, load_tokenizer(name))
+                else:
+                    _LOADED[key] = load_model(name, "bfloat16" if dtype == "int8" else dtype)
+            elif backend == "transformers":
                 _LOADED[key] = load_model(name, dtype)
             else:
                 from ..models.llamacpp import locate_gguf
@@ -414,7 +424,7 @@ class DraftModelDrafter(Drafter):
         if isinstance(model, HFTarget):
             self.lm, self.tokenizer = DraftLM(model), None
         elif isinstance(model, tuple) and len(model) == 2:
-            lm = model[0] if isinstance(model[0], LlamaCppTarget) else HFTarget(model[0])
+            lm = model[0] if hasattr(model[0], "prefill") else HFTarget(model[0])  # a Target already
             self.lm, self.tokenizer = DraftLM(lm), model[1]
         else:
             raise ValueError(

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..models.registry import DEFAULT_MODEL
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("index", help="build a retrieval datastore from a text corpus")
     p.add_argument("corpus", help="a UTF-8 text file; one document per paragraph (or per line)")
-    p.add_argument("--model", default="smollm2-135m", help="the model whose tokenizer the store uses")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="the model whose tokenizer the store uses")
     p.add_argument("--out", required=True, help="where to write the store (.npz)")
     p.add_argument("--split", choices=["paragraph", "line"], default="paragraph")
     p.set_defaults(func=run)

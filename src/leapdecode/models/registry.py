@@ -60,6 +60,8 @@ def load_tokenizer(name: str) -> Any:
 
 def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) for a model name, offline."""
+    if dtype == "int8":
+        raise ValueError("--dtype int8 runs on leapdecode's own runtime only: use --backend native (or auto)")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     directory = resolve(name)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 from typing import Any
 
 from ..drafters import DEFAULT_METHOD, DRAFTERS
+from ..options import add_model_args, resolve_backend, set_threads
 
 
 def add_parser(sub: Any) -> None:
@@ -21,9 +23,7 @@ def add_parser(sub: Any) -> None:
         description="Requests follow the OpenAI protocol: an omitted temperature means 1.0 (sampling); "
         "send temperature 0 for greedy output, token-identical to `leapdecode generate`.",
     )
-    p.add_argument("--model", default="smollm2-135m", help="packaged name, transformers dir or .gguf file")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_model_args(p)
     p.add_argument("--method", default=DEFAULT_METHOD,
                    help=f"default drafter; a request may name another in `method`: {', '.join(DRAFTERS)}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -71,14 +71,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if err.name not in ("fastapi", "starlette", "uvicorn"):
             raise
         raise ValueError(f"the server needs {err.name}: pip install 'leapdecode[serve]'") from None
-    import torch
-
     from .. import load
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
-        engine = load(args.model, args.dtype)
+        backend = resolve_backend(args, notice=lambda line: print(line, file=sys.stderr))
+        engine = load(args.model, args.dtype, args.device, backend=backend)
     except BaseException:
         sock.close()
         raise

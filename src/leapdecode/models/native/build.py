@@ -26,8 +26,10 @@ SIGNATURES = {
     "set_threads": [_I],
     "set_profile": [_I],
     "get_profile": [_P],
-    "model_forward": [_P, _P, _I, _I, _P, _P, _P, _I],
+    "model_forward": [_P, _P, _I, _I, _P, _P, _P, _I, _P],
+    "stream_sum": [_P, ctypes.c_long],
 }
+RESULTS = {"model_forward": ctypes.c_int, "stream_sum": ctypes.c_double}  # the rest return nothing
 
 
 def _cpu_flags() -> str:
@@ -71,5 +73,5 @@ def kernels() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     for name, args in SIGNATURES.items():
         getattr(lib, name).argtypes = args
-        getattr(lib, name).restype = ctypes.c_int if name == "model_forward" else None
+        getattr(lib, name).restype = RESULTS.get(name)
     return lib

@@ -26,7 +26,8 @@ class Weight:
 
     @property
     def nbytes(self) -> int:
-        return self.data.numel() * self.data.element_size()
+        extra = sum(t.numel() * 4 for t in (self.scale, self.bias) if t is not None)
+        return self.data.numel() * self.data.element_size() + extra
 
 
 def make_weight(w: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> Weight:
@@ -115,12 +116,27 @@ class CLayer(ctypes.Structure):
 class CModel(ctypes.Structure):
     _fields_ = [("n_layers", _CI), ("hidden", _CI), ("heads", _CI), ("kv_heads", _CI), ("d", _CI),
                 ("inter", _CI), ("max_len", _CI), ("act", _CI), ("eps", _CF), ("norm_offset", _CF),
-                ("attn_scale", _CF), ("pad", _CI), ("layers", ctypes.POINTER(CLayer))]
+                ("attn_scale", _CF), ("pad", _CI), ("layers", ctypes.POINTER(CLayer)), ("final_norm", _FP),
+                ("head", CLin)]
 
 
 def c_linear(w: Weight) -> CLin:
     out, d_in = w.shape
     return CLin(w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), out, d_in, _FMT[w.data.dtype], 0)
+
+
+def read_bandwidth(megabytes: int = 512, repeat: int = 5) -> float:
+    """Bytes per second that the kernels' threads read from memory (best of `repeat` sums over a
+    buffer far larger than the caches)."""
+    import time
+
+    x = torch.ones(megabytes * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        kernels().stream_sum(x.data_ptr(), x.numel())
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
 
 
 def profile(on: bool) -> None:

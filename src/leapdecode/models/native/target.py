@@ -64,6 +64,21 @@ class NativeTarget:
         """float32 logits [n, vocab]; row j is bitwise independent of n and of the tree's shape."""
         return self._run(list(tokens), depths, mask, head=True)
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one pass reads (every linear layer and norm; the embedding rows
+        looked up are negligible)."""
+        m = self.m
+        total = m.head.nbytes + m.norm.numel() * 4
+        for layer in m.layers:
+            total += sum(w.nbytes for w in (layer.qkv, layer.o, layer.gate_up, layer.down))
+            total += sum(t.numel() * 4 for t in (layer.attn_norm, layer.mlp_norm) if t is not None)
+        return total
+
+    def cache_bytes(self, tokens: int) -> int:
+        """Bytes of K and V one query reads over `tokens` cached tokens (float32)."""
+        return 2 * len(self.m.layers) * self.m.kv_heads * tokens * self.m.head_dim * 4
+
     def commit(self, keep: Sequence[int]) -> None:
         self.guard.done()
         keep, base = list(keep), self._length
@@ -83,7 +98,7 @@ class NativeTarget:
         self._length = length
 
     # ---- one pass --------------------------------------------------------------------
-    def _run(self, tokens: list[int], depths: torch.Tensor, mask: torch.Tensor | None, head: bool) -> torch.Tensor:
+    def _run(self, tokens: list[int], depths: torch.Tensor, mask: torch.Tensor | None, head: bool) -> torch.Tensor | None:
         n, base, m = len(tokens), self._length, self.m
         if n == 0:
             raise ValueError("forward() needs at least one token")
@@ -96,14 +111,14 @@ class NativeTarget:
         if m.embed_scale != 1.0:
             x = x * m.embed_scale
         x = x.contiguous()
+        logits = torch.empty(n, self.vocab_size) if head else None
         status = kernels().model_forward(ctypes.addressof(self._c_model), x.data_ptr(), n, base,
-                                         positions.data_ptr(), extra.data_ptr(), count.data_ptr(), extra.shape[1])
+                                         positions.data_ptr(), extra.data_ptr(), count.data_ptr(), extra.shape[1],
+                                         None if logits is None else logits.data_ptr())
         if status:
             raise MemoryError("the native pass ran out of memory")
         self.guard.start(n)
-        if not head:
-            return x
-        return ops.linear(ops.rmsnorm(x, m.norm, m.eps, m.norm_offset), m.head)  # [n, vocab]
+        return logits  # [n, vocab], or None for a prefill
 
 
 def _c_model(m: Model, k_cache: torch.Tensor, v_cache: torch.Tensor, max_len: int) -> tuple[ops.CModel, list]:
@@ -128,7 +143,7 @@ def _c_model(m: Model, k_cache: torch.Tensor, v_cache: torch.Tensor, max_len: in
     scale = m.attn_scale if m.attn_scale is not None else m.head_dim ** -0.5
     inter = m.layers[0].down.shape[1]
     model = ops.CModel(len(m.layers), m.embed.shape[1], m.heads, m.kv_heads, m.head_dim, inter, max_len, m.act,
-                       m.eps, m.norm_offset, scale, 0, layers)
+                       m.eps, m.norm_offset, scale, 0, layers, m.norm.data_ptr(), ops.c_linear(m.head))
     return model, keep
 
 

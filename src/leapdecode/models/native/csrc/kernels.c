@@ -282,13 +282,16 @@ typedef struct {
     float eps, norm_offset, attn_scale;
     int pad;
     const LayerW *layers;
+    const float *final_norm; /* [hidden] */
+    Lin head;                /* [vocab, hidden] */
 } ModelW;
 
 /* x [n, hidden]: the embedded inputs, replaced by the last hidden state (before the final norm).
  * Input j sits at position pos[j] and is written to cache slot base + j of every layer; it attends
- * to slots 0..base-1 and extra[j, 0..count[j]-1]. Returns 0, or -1 if memory ran out. */
+ * to slots 0..base-1 and extra[j, 0..count[j]-1]. With `logits` [n, vocab] (else NULL, as in a
+ * prefill) the final norm and the head fill it. Returns 0, or -1 if memory ran out. */
 int model_forward(const ModelW *m, float *x, int n, int base, const int *pos, const int *extra,
-                  const int *count, int max_extra) {
+                  const int *count, int max_extra, float *logits) {
     const int H = m->hidden, h = m->heads, kv = m->kv_heads, d = m->d, qkvw = (h + 2 * kv) * d;
     float *t1 = malloc(sizeof(float) * (size_t)n * H), *t2 = malloc(sizeof(float) * (size_t)n * H);
     float *qkv = malloc(sizeof(float) * (size_t)n * qkvw), *att = malloc(sizeof(float) * (size_t)n * h * d);
@@ -340,8 +343,28 @@ int model_forward(const ModelW *m, float *x, int n, int base, const int *pos, co
             TOC(2);
         }
     }
+    if (ok && logits) {
+        { TIC; rmsnorm(x, n, H, m->final_norm, m->eps, m->norm_offset, t1); TOC(2); }
+        linear(&m->head, t1, n, logits);
+    }
     free(t1); free(t2); free(qkv); free(att); free(gu); free(act); free(q);
     return ok ? 0 : -1;
+}
+
+/* the sum of n floats, read once: the memory bandwidth probe of `leapdecode profile` */
+double stream_sum(const float *x, long n) {
+    double total = 0;
+    #pragma omp parallel for reduction(+:total) schedule(static)
+    for (long c = 0; c < n / 4096; c++) {
+        __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+        const float *p = x + c * 4096;
+        for (int k = 0; k < 4096; k += 16) {
+            a = _mm256_add_ps(a, _mm256_loadu_ps(p + k));
+            b = _mm256_add_ps(b, _mm256_loadu_ps(p + k + 8));
+        }
+        total += hsum8(_mm256_add_ps(a, b));
+    }
+    return total;
 }
 
 /* the OpenMP team size for every kernel above (the split never changes an output's arithmetic) */

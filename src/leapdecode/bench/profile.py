@@ -1,0 +1,162 @@
+"""`leapdecode profile`: where a pass of the native runtime spends its time.
+
+For each pass width k (k query tokens after `--context` cached ones) it times `--repeat` passes and
+splits each into linear layers, attention and the rest (norms, rope, cache writes, residuals), by
+the kernels' own timers. The floor is the bytes one pass must read (every weight once, plus each
+query's K/V) over the read bandwidth measured on the spot; `x floor` is how far a pass is from it.
+
+    leapdecode profile --dtype bfloat16 --ks 1,2,4,8,16,32,64 --out runs/profile
+    -> runs/profile/profile.json, profile.md, profile.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..options import add_model_args
+
+DEFAULT_KS = "1,2,4,8,16,32,64"
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("profile", help="ms per native pass for k = 1..64 tokens against the weight-read floor",
+                       description=__doc__.split("\n\n")[1].replace("\n", " "))
+    add_model_args(p, threads=2, device=False, backend=False, dtype="bfloat16")
+    p.add_argument("--ks", default=DEFAULT_KS, help=f"pass widths, comma-separated (default {DEFAULT_KS})")
+    p.add_argument("--context", type=int, default=256, help="tokens in the cache before each pass (default 256)")
+    p.add_argument("--repeat", type=int, default=5, help="timed passes per width; the median counts (default 5)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write profile.json, profile.md and profile.png here")
+    p.set_defaults(func=cmd_profile)
+
+
+def parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--ks takes comma-separated integers, e.g. {DEFAULT_KS}; got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--ks takes integers >= 1, e.g. {DEFAULT_KS}; got {text!r}")
+    return sorted(set(ks))
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .. import validate
+
+    ks = parse_ks(args.ks)
+    validate.integer("--context", args.context, 1, 1 << 20, example=256)
+    validate.integer("--repeat", args.repeat, 1, 10_000, example=5)
+    validate.integer("--threads", args.threads, 1, 4096, example=2)
+    from ..models.native import load_native, unsupported_reason
+    from ..models.registry import resolve
+
+    directory = resolve(args.model)
+    reason = unsupported_reason(directory)
+    if reason:
+        raise ValueError(f"leapdecode profile measures the native runtime: {reason.split('; ')[0]}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"loading {args.model} ({args.dtype}) on the native runtime ...", file=sys.stderr)
+    target = load_native(directory, args.dtype, max_len=args.context + max(ks), threads=args.threads)
+    result = measure(target, ks, args.context, args.repeat, log=lambda s: print(s, file=sys.stderr))
+    result["settings"] = {"model": args.model, "dtype": args.dtype, "threads": args.threads,
+                          "context": args.context, "repeat": args.repeat, "ks": ks}
+    print(table(result))
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a file; name a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.json").write_text(json.dumps(result, indent=1))
+        (out / "profile.md").write_text(table(result) + "\n")
+        plot(result, out / "profile.png")
+        print(f"wrote {out / 'profile.json'}, {out / 'profile.md'}, {out / 'profile.png'}", file=sys.stderr)
+    return 0
+
+
+def measure(target: Any, ks: list[int], context: int, repeat: int, log: Any = None) -> dict[str, Any]:
+    """Median ms per pass and its split, for each width in `ks`, after `context` cached tokens."""
+    import torch
+
+    from ..models.native import ops
+
+    bandwidth = ops.read_bandwidth()
+    target.reset()
+    target.prefill([i % target.vocab_size for i in range(7, 7 + context)])
+    rows = []
+    for k in ks:
+        tokens = [(11 * i + 3) % target.vocab_size for i in range(k)]
+        depths = torch.arange(k)
+        target.forward(tokens, depths, None)  # warm-up
+        target.commit([])
+        walls, splits = [], []
+        for _ in range(repeat):
+            ops.profile(True)
+            start = time.perf_counter()
+            target.forward(tokens, depths, None)
+            walls.append((time.perf_counter() - start) * 1e3)
+            splits.append(ops.profile_times())
+            ops.profile(False)
+            target.commit([])
+        wall = statistics.median(walls)
+        linear = statistics.median(s["linear"] for s in splits)
+        attention = statistics.median(s["attention"] for s in splits)
+        floor_bytes = target.weight_bytes + k * target.cache_bytes(context)
+        floor = floor_bytes / bandwidth * 1e3
+        rows.append({"k": k, "ms": wall, "linear_ms": linear, "attention_ms": attention,
+                     "rest_ms": max(0.0, wall - linear - attention), "floor_ms": floor, "bytes": floor_bytes})
+        if log:
+            log(f"k={k:>3}: {wall:7.2f} ms per pass ({wall / floor:.2f}x the floor)")
+    one = rows[0]["ms"] if rows[0]["k"] == 1 else None
+    for row in rows:
+        row["x_floor"] = row["ms"] / row["floor_ms"]
+        row["x_pass_of_1"] = row["ms"] / one if one else None
+    return {"bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": target.weight_bytes, "passes": rows}
+
+
+def table(result: dict[str, Any]) -> str:
+    s = result.get("settings", {})
+    head = ["k", "ms/pass", "linear", "attention", "rest", "floor", "x floor", "x pass of 1", "ms/token"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
+    for r in result["passes"]:
+        cells = [str(r["k"]), f"{r['ms']:.2f}", f"{r['linear_ms']:.2f}", f"{r['attention_ms']:.2f}",
+                 f"{r['rest_ms']:.2f}", f"{r['floor_ms']:.2f}", f"{r['x_floor']:.2f}x",
+                 "n/a" if r["x_pass_of_1"] is None else f"{r['x_pass_of_1']:.2f}x", f"{r['ms'] / r['k']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"{s.get('model', '?')} {s.get('dtype', '?')}, {s.get('threads', '?')} threads, "
+                 f"{s.get('context', '?')} cached tokens; weights {result['weight_bytes'] / 1e6:.1f} MB, "
+                 f"read bandwidth {result['bandwidth_gb_s']:.1f} GB/s (measured now); "
+                 "floor = bytes read / bandwidth; times are medians")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["passes"]
+    ks = [r["k"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    bottom = [0.0] * len(rows)
+    for key, label in (("linear_ms", "linear"), ("attention_ms", "attention"), ("rest_ms", "rest")):
+        values = [r[key] for r in rows]
+        ax.bar([str(k) for k in ks], values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.plot([str(k) for k in ks], [r["floor_ms"] for r in rows], "k--", marker="o", label="weight-read floor")
+    s = result.get("settings", {})
+    ax.set_xlabel("tokens per pass (k)")
+    ax.set_ylabel("ms per pass")
+    ax.set_title(f"native pass cost: {s.get('model', '')} {s.get('dtype', '')}, {s.get('threads', '')} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
