@@ -46,7 +46,8 @@ import torch
 
 from .base import Capabilities, PendingGuard, check_trim, eos_ids_of, threads_key
 
-INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36'
+INSTALL = ("CMAKE_ARGS=\"-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8' "
+           "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8'\" pip install llama-cpp-python==0.3.36")
 DEFAULT_N_CTX = 4096
 MAX_BRANCHES = 128  # leaves per draft tree: the engine's largest auto budget is 128 nodes
 GGUF_MAGIC = b"GGUF"
