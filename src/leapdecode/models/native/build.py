@@ -13,6 +13,8 @@ from pathlib import Path
 
 SOURCE = Path(__file__).parent / "csrc" / "kernels.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
+if os.environ.get("LEAPDECODE_NATIVE_AVX2"):  # the 8-lane kernels of AVX2-only CPUs, on any x86 CPU
+    FLAGS.append("-mno-avx512f")
 CACHE = Path.home() / ".cache" / "leapdecode" / "kernels"
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float

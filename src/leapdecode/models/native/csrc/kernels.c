@@ -2,11 +2,12 @@
  * and one whole decoder pass (model_forward) so that Python pays one call per pass, not per op.
  *
  * The one rule: a row's result never depends on how many rows run with it, nor on its position.
- * Every (row, output) dot product runs over k in 8-lane FMA chunks in ascending k, then one fixed
- * horizontal sum, then the scale, then the bias; tiling over rows/outputs and the OpenMP split only
- * regroup whole accumulators. Built by leapdecode/models/native/build.py with gcc -O3 -march=native
- * -fopenmp -ffp-contract=off (no -ffast-math, no implicit FMA contraction: every fused multiply-add is
- * an explicit intrinsic, so two code paths computing the same value round the same way).
+ * Every (row, output) dot product runs over k in LANES-wide FMA chunks (16 with AVX-512, else 8) in
+ * ascending k, then one fixed horizontal sum, then the scale, then the bias; tiling over rows/outputs
+ * and the OpenMP split only regroup whole accumulators. Built by leapdecode/models/native/build.py
+ * with gcc -O3 -march=native -fopenmp -ffp-contract=off (no -ffast-math, no implicit FMA
+ * contraction: every fused multiply-add is an explicit intrinsic, so two code paths computing the
+ * same value round the same way).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -77,56 +78,110 @@ static inline __attribute__((always_inline)) __m256 loadw(int fmt, const char *w
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); /* |q| <= 127 */
 }
 
-static inline float finish(__m256 acc, const float *scale, const float *bias, int o) {
-    float s = hsum8(acc);
+/* The linear layers' vectors: 16 lanes where the CPU has AVX-512, else 8. The build is per CPU
+ * (-march=native), so one machine always runs one of the two; both keep the rule above. */
+#if defined(__AVX512F__)
+#define LANES 16
+typedef __m512 vec;
+#define vzero _mm512_setzero_ps
+#define vload _mm512_loadu_ps
+#define vfma _mm512_fmadd_ps
+static inline __attribute__((always_inline)) vec loadv(int fmt, const char *w, long i) {
+    if (fmt == F32) return _mm512_loadu_ps((const float *)w + i);
+    if (fmt == BF16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    __m128i b = _mm_loadu_si128((const __m128i *)((const int8_t *)w + i));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+}
+/* 16 lanes -> 8: lane i + lane i+8 */
+static inline __m256 fold(vec v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+#define TILE_OUT 4 /* 4 rows x 4 outputs: 16 accumulators of the 32 registers */
+#else
+#define LANES 8
+typedef __m256 vec;
+#define vzero _mm256_setzero_ps
+#define vload _mm256_loadu_ps
+#define vfma _mm256_fmadd_ps
+#define loadv loadw
+static inline __m256 fold(vec v) { return v; }
+#define TILE_OUT 2 /* 4 rows x 2 outputs: 8 accumulators of the 16 registers */
+#endif
+
+/* one dot product's end: fold to 8 lanes, the 8-lane tail of k (when in % LANES == 8), the fixed
+ * horizontal sum, the scale, the bias */
+static inline __attribute__((always_inline)) float finish(vec acc, int fmt, const float *x, const char *w, int in,
+                                                          int inv, const float *scale, const float *bias, int o) {
+    __m256 a = fold(acc);
+    if (inv < in) a = _mm256_fmadd_ps(_mm256_loadu_ps(x + inv), loadw(fmt, w, inv), a);
+    float s = hsum8(a);
     if (scale) s = s * scale[o];
     if (bias) s = s + bias[o];
     return s;
 }
 
+/* The next block's weights are fetched from memory while this block computes, spread evenly over
+ * the block's k steps (a burst would fill the line buffers and stall the arithmetic). */
+typedef struct { const char *at, *end; int per_step; } Prefetch;
+
+static inline __attribute__((always_inline)) void prefetch_some(Prefetch *p) {
+    for (int l = 0; l < p->per_step && p->at < p->end; l++, p->at += 64) _mm_prefetch(p->at, _MM_HINT_T0);
+}
+
 /* y[n, out] = x[n, in] . W[out, in]^T (* scale[out]) (+ bias[out]); in % 8 == 0.
- * Threads split the outputs in blocks of 8. Inside a block, rows go in groups of 4 against two
- * outputs at a time (the weights' 8 lanes are converted once for 4 rows), and the last n % 4 rows
- * one at a time against all 8 outputs. Both tiles compute each dot product identically. */
+ * Threads split the outputs in blocks of 8. Inside a block, rows go in groups of 4 against
+ * TILE_OUT outputs at a time (each weight vector is converted once for 4 rows), and the last
+ * n % 4 rows one at a time against all 8 outputs. Both tiles compute each dot product identically. */
 static inline __attribute__((always_inline)) void linear_body(int fmt, const float *x, int n, int in, const void *w,
                                                               const float *scale, const float *bias, float *y, int out) {
     const int wbytes = fmt == F32 ? 4 : fmt == BF16 ? 2 : 1;
     const char *wb = (const char *)w;
-    const int blocks = (out + 7) / 8, n4 = n & ~3;
+    const int blocks = (out + 7) / 8, n4 = n & ~3, inv = in - in % LANES;
+    const long block_bytes = 8L * in * wbytes;
+    const long steps = ((long)(n4 / 4) * ((8 + TILE_OUT - 1) / TILE_OUT) + (n - n4)) * (inv / LANES);
+    const int per_step = (int)((block_bytes / 64 + steps - 1) / (steps > 0 ? steps : 1));
     #pragma omp parallel for schedule(static)
     for (int ob = 0; ob < blocks; ob++) {
         int o0 = ob * 8, no = out - o0 < 8 ? out - o0 : 8;
         const char *wr[8];
         for (int t = 0; t < 8; t++) wr[t] = wb + (long)(o0 + (t < no ? t : 0)) * in * wbytes;
+        const char *next = wb + (long)(o0 + 8) * in * wbytes, *end = wb + (long)out * in * wbytes;
+        Prefetch pf = {next, next + block_bytes < end ? next + block_bytes : end, per_step};
         for (int r = 0; r < n4; r += 4) {
             const float *xr = x + (long)r * in;
-            for (int t = 0; t < no; t += 2) {
-                __m256 a[4][2];
-                for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
-                const char *w0 = wr[t], *w1 = wr[t + 1 < 8 ? t + 1 : t];
-                for (int k = 0; k < in; k += 8) {
-                    __m256 v0 = loadw(fmt, w0, k), v1 = loadw(fmt, w1, k);
+            for (int t = 0; t < no; t += TILE_OUT) {
+                vec a[4][TILE_OUT];
+                for (int i = 0; i < 4; i++)
+                    for (int u = 0; u < TILE_OUT; u++) a[i][u] = vzero();
+                for (int k = 0; k < inv; k += LANES) {
+                    prefetch_some(&pf);
+                    vec v[TILE_OUT];
+                    for (int u = 0; u < TILE_OUT; u++) v[u] = loadv(fmt, wr[t + u], k);
                     for (int i = 0; i < 4; i++) {
-                        __m256 xv = _mm256_loadu_ps(xr + (long)i * in + k);
-                        a[i][0] = _mm256_fmadd_ps(xv, v0, a[i][0]);
-                        a[i][1] = _mm256_fmadd_ps(xv, v1, a[i][1]);
+                        vec xv = vload(xr + (long)i * in + k);
+                        for (int u = 0; u < TILE_OUT; u++) a[i][u] = vfma(xv, v[u], a[i][u]);
                     }
                 }
-                for (int i = 0; i < 4; i++) {
-                    y[(long)(r + i) * out + o0 + t] = finish(a[i][0], scale, bias, o0 + t);
-                    if (t + 1 < no) y[(long)(r + i) * out + o0 + t + 1] = finish(a[i][1], scale, bias, o0 + t + 1);
-                }
+                for (int i = 0; i < 4; i++)
+                    for (int u = 0; u < TILE_OUT && t + u < no; u++)
+                        y[(long)(r + i) * out + o0 + t + u] =
+                            finish(a[i][u], fmt, xr + (long)i * in, wr[t + u], in, inv, scale, bias, o0 + t + u);
             }
         }
         for (int r = n4; r < n; r++) {
             const float *xr = x + (long)r * in;
-            __m256 a[8];
-            for (int t = 0; t < 8; t++) a[t] = _mm256_setzero_ps();
-            for (int k = 0; k < in; k += 8) {
-                __m256 xv = _mm256_loadu_ps(xr + k);
-                for (int t = 0; t < 8; t++) a[t] = _mm256_fmadd_ps(xv, loadw(fmt, wr[t], k), a[t]);
+            vec a[8];
+            for (int t = 0; t < 8; t++) a[t] = vzero();
+            for (int k = 0; k < inv; k += LANES) {
+                prefetch_some(&pf);
+                vec xv = vload(xr + k);
+                for (int t = 0; t < 8; t++) a[t] = vfma(xv, loadv(fmt, wr[t], k), a[t]);
             }
-            for (int t = 0; t < no; t++) y[(long)r * out + o0 + t] = finish(a[t], scale, bias, o0 + t);
+            for (int t = 0; t < no; t++)
+                y[(long)r * out + o0 + t] = finish(a[t], fmt, xr, wr[t], in, inv, scale, bias, o0 + t);
         }
     }
 }
