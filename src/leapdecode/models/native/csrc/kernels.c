@@ -99,7 +99,8 @@ static inline __attribute__((always_inline)) vec loadv(int fmt, const char *w, l
 static inline __m256 fold(vec v) {
     return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
-#define TILE_OUT 4 /* 4 rows x 4 outputs: 16 accumulators of the 32 registers */
+#define TILE_OUT 4 /* up to 6 rows x 4 outputs: 24 accumulators of the 32 registers */
+#define MAX_ROWS 6
 #else
 #define LANES 8
 typedef __m256 vec;
@@ -108,7 +109,8 @@ typedef __m256 vec;
 #define vfma _mm256_fmadd_ps
 #define loadv loadw
 static inline __m256 fold(vec v) { return v; }
-#define TILE_OUT 2 /* 4 rows x 2 outputs: 8 accumulators of the 16 registers */
+#define TILE_OUT 2 /* up to 4 rows x 2 outputs: 8 accumulators of the 16 registers */
+#define MAX_ROWS 4
 #endif
 
 /* one dot product's end: fold to 8 lanes, the 8-lane tail of k (when in % LANES == 8), the fixed
@@ -131,17 +133,42 @@ static inline __attribute__((always_inline)) void prefetch_some(Prefetch *p) {
     for (int l = 0; l < p->per_step && p->at < p->end; l++, p->at += 64) _mm_prefetch(p->at, _MM_HINT_T0);
 }
 
+/* R rows (xr, stride in) against outputs wr[t..t+TILE_OUT-1] of a block (no of them valid) */
+static inline __attribute__((always_inline)) void tile(int fmt, int R, const float *xr, int in, int inv,
+                                                       const char *const *wr, int t, int no, Prefetch *pf,
+                                                       const float *scale, const float *bias, float *y, int out,
+                                                       int o0) {
+    vec a[MAX_ROWS][TILE_OUT];
+    for (int i = 0; i < R; i++)
+        for (int u = 0; u < TILE_OUT; u++) a[i][u] = vzero();
+    for (int k = 0; k < inv; k += LANES) {
+        prefetch_some(pf);
+        vec v[TILE_OUT];
+        for (int u = 0; u < TILE_OUT; u++) v[u] = loadv(fmt, wr[t + u], k);
+        for (int i = 0; i < R; i++) {
+            vec xv = vload(xr + (long)i * in + k);
+            for (int u = 0; u < TILE_OUT; u++) a[i][u] = vfma(xv, v[u], a[i][u]);
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int u = 0; u < TILE_OUT && t + u < no; u++)
+            y[(long)i * out + o0 + t + u] = finish(a[i][u], fmt, xr + (long)i * in, wr[t + u], in, inv, scale, bias,
+                                                   o0 + t + u);
+}
+
 /* y[n, out] = x[n, in] . W[out, in]^T (* scale[out]) (+ bias[out]); in % 8 == 0.
- * Threads split the outputs in blocks of 8. Inside a block, rows go in groups of 4 against
- * TILE_OUT outputs at a time (each weight vector is converted once for 4 rows), and the last
- * n % 4 rows one at a time against all 8 outputs. Both tiles compute each dot product identically. */
+ * Threads split the outputs in blocks of 8. Inside a block, the rows go in groups of 2..MAX_ROWS
+ * (as even as possible) against TILE_OUT outputs at a time, each weight vector converted once per
+ * group; a single row runs against all 8 outputs at once. Every tile computes each dot product
+ * identically: the same FMAs in the same order, the same finish. */
 static inline __attribute__((always_inline)) void linear_body(int fmt, const float *x, int n, int in, const void *w,
                                                               const float *scale, const float *bias, float *y, int out) {
     const int wbytes = fmt == F32 ? 4 : fmt == BF16 ? 2 : 1;
     const char *wb = (const char *)w;
-    const int blocks = (out + 7) / 8, n4 = n & ~3, inv = in - in % LANES;
+    const int blocks = (out + 7) / 8, inv = in - in % LANES;
+    const int groups = (n + MAX_ROWS - 1) / MAX_ROWS;
     const long block_bytes = 8L * in * wbytes;
-    const long steps = ((long)(n4 / 4) * ((8 + TILE_OUT - 1) / TILE_OUT) + (n - n4)) * (inv / LANES);
+    const long steps = (n == 1 ? 1 : (long)groups * ((8 + TILE_OUT - 1) / TILE_OUT)) * (inv / LANES);
     const int per_step = (int)((block_bytes / 64 + steps - 1) / (steps > 0 ? steps : 1));
     #pragma omp parallel for schedule(static)
     for (int ob = 0; ob < blocks; ob++) {
@@ -150,38 +177,36 @@ static inline __attribute__((always_inline)) void linear_body(int fmt, const flo
         for (int t = 0; t < 8; t++) wr[t] = wb + (long)(o0 + (t < no ? t : 0)) * in * wbytes;
         const char *next = wb + (long)(o0 + 8) * in * wbytes, *end = wb + (long)out * in * wbytes;
         Prefetch pf = {next, next + block_bytes < end ? next + block_bytes : end, per_step};
-        for (int r = 0; r < n4; r += 4) {
-            const float *xr = x + (long)r * in;
-            for (int t = 0; t < no; t += TILE_OUT) {
-                vec a[4][TILE_OUT];
-                for (int i = 0; i < 4; i++)
-                    for (int u = 0; u < TILE_OUT; u++) a[i][u] = vzero();
-                for (int k = 0; k < inv; k += LANES) {
-                    prefetch_some(&pf);
-                    vec v[TILE_OUT];
-                    for (int u = 0; u < TILE_OUT; u++) v[u] = loadv(fmt, wr[t + u], k);
-                    for (int i = 0; i < 4; i++) {
-                        vec xv = vload(xr + (long)i * in + k);
-                        for (int u = 0; u < TILE_OUT; u++) a[i][u] = vfma(xv, v[u], a[i][u]);
-                    }
-                }
-                for (int i = 0; i < 4; i++)
-                    for (int u = 0; u < TILE_OUT && t + u < no; u++)
-                        y[(long)(r + i) * out + o0 + t + u] =
-                            finish(a[i][u], fmt, xr + (long)i * in, wr[t + u], in, inv, scale, bias, o0 + t + u);
-            }
-        }
-        for (int r = n4; r < n; r++) {
-            const float *xr = x + (long)r * in;
+        if (n == 1) {
             vec a[8];
             for (int t = 0; t < 8; t++) a[t] = vzero();
             for (int k = 0; k < inv; k += LANES) {
                 prefetch_some(&pf);
-                vec xv = vload(xr + k);
+                vec xv = vload(x + k);
                 for (int t = 0; t < 8; t++) a[t] = vfma(xv, loadv(fmt, wr[t], k), a[t]);
             }
-            for (int t = 0; t < no; t++)
-                y[(long)r * out + o0 + t] = finish(a[t], fmt, xr, wr[t], in, inv, scale, bias, o0 + t);
+            for (int t = 0; t < no; t++) y[o0 + t] = finish(a[t], fmt, x, wr[t], in, inv, scale, bias, o0 + t);
+            continue;
+        }
+        for (int gi = 0, r = 0; gi < groups; gi++) {
+            const int R = (n - r) / (groups - gi); /* sizes differ by at most one, each >= 2 when n >= 2 */
+            const float *xr = x + (long)r * in;
+            float *yr = y + (long)r * out;
+            for (int t = 0; t < no; t += TILE_OUT) {
+                switch (R) { /* a constant R per case: the tile's loops unroll into registers */
+                case 1: tile(fmt, 1, xr, in, inv, wr, t, no, &pf, scale, bias, yr, out, o0); break;
+                case 2: tile(fmt, 2, xr, in, inv, wr, t, no, &pf, scale, bias, yr, out, o0); break;
+                case 3: tile(fmt, 3, xr, in, inv, wr, t, no, &pf, scale, bias, yr, out, o0); break;
+                case 4: tile(fmt, 4, xr, in, inv, wr, t, no, &pf, scale, bias, yr, out, o0); break;
+#if MAX_ROWS > 4
+                case 5: tile(fmt, 5, xr, in, inv, wr, t, no, &pf, scale, bias, yr, out, o0); break;
+                default: tile(fmt, 6, xr, in, inv, wr, t, no, &pf, scale, bias, yr, out, o0); break;
+#else
+                default: break;
+#endif
+                }
+            }
+            r += R;
         }
     }
 }
