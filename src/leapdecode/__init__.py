@@ -55,7 +55,7 @@ def load(model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu
     verification passes replayed as CUDA graphs; `max_len` bounds prompt plus output); on "cpu"
     an HFTarget.
 
-    backend "native": leapdecode's own batch-invariant CPU runtime (Llama, Qwen2; float32,
+    backend "native": leapdecode's own batch-invariant CPU runtime (Llama, Qwen2, Gemma3; float32,
     bfloat16, int8); "auto" takes it wherever it runs the model and transformers elsewhere.
 
     backend "llamacpp" runs a GGUF model (a packaged name or a .gguf file) with llama.cpp on the

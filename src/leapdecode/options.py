@@ -61,7 +61,7 @@ def add_model_args(p: argparse.ArgumentParser, *, threads: int | None = None, de
     if backend:
         p.add_argument("--backend", "--runtime", dest="backend", default="auto", choices=BACKEND_CHOICES,
                        help="auto (default): leapdecode's own batch-invariant runtime where it runs the model "
-                       "(Llama, Qwen2 on the CPU), else transformers; native: that runtime or an error; "
+                       "(Llama, Qwen2, Gemma3 on the CPU), else transformers; native: that runtime or an error; "
                        "hf/transformers: transformers; llamacpp: llama.cpp on the GGUF file's own weights")
 
 

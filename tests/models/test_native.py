@@ -302,3 +302,41 @@ def test_draft_model_on_the_native_runtime(targets, tokenizer):
     out = engine.generate(PROMPTS[1], config, "draft-model", model=draft, length=3)
     assert out.token_ids == plain.token_ids
     assert out.stats.steps < plain.stats.steps  # the int8 twin agrees with the bf16 target often
+
+
+def test_gemma3_float32_matches_transformers_and_bf16_drafts_are_invariant():
+    """Gemma3's extra parts (post norms, q/k norms, (1 + w) norms, sliding windows with their own
+    rope base, gelu, scaled embeddings) against transformers, then batch invariance in bf16."""
+    from transformers import AutoModelForCausalLM
+
+    from leapdecode.models import registry
+
+    directory = registry.resolve("gemma3-270m")
+    prompt = list(range(1000, 1030))
+    t = load_native(directory, "float32", max_len=256, threads=2)
+    t.prefill(prompt[:-1])
+    logits = t.forward(prompt[-1:], torch.zeros(1, dtype=torch.long), None)
+    t.commit([0])
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        ref = model(torch.tensor([prompt])).logits[0, -1]
+        ref_out = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
+    assert torch.allclose(logits[0], ref, atol=2e-3), (logits[0] - ref).abs().max()
+    ours = []
+    for _ in range(8):
+        ours.append(int(logits[0].argmax()))
+        logits = t.forward(ours[-1:], torch.zeros(1, dtype=torch.long), None)
+        t.commit([0])
+    assert ours == ref_out
+    long = [(37 * i) % 5000 + 300 for i in range(600)]  # past the 512-token sliding window
+    t = load_native(directory, "float32", max_len=640, threads=2)
+    t.prefill(long[:-1])
+    logits = t.forward(long[-1:], torch.zeros(1, dtype=torch.long), None)
+    with torch.inference_mode():
+        assert torch.allclose(logits[0], model(torch.tensor([long])).logits[0, -1], atol=2e-3)
+    engine = Engine(load_native(directory, "bfloat16", max_len=512, threads=2),
+                    registry.load_tokenizer("gemma3-270m"), name="gemma3-270m")
+    config = GenerationConfig(max_new_tokens=32)
+    plain = engine.generate(PROMPTS[0], config, "none").token_ids
+    for method in ("prompt-lookup", "auto"):
+        assert engine.generate(PROMPTS[0], config, method).token_ids == plain, method

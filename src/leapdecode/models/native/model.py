@@ -1,4 +1,4 @@
-"""Llama / Qwen2 weights from a transformers directory, fused (qkv, gate|up) into native formats."""
+"""Llama / Qwen2 / Gemma3 weights from a transformers directory, fused (qkv, gate|up) into native formats."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from .ops import Weight, make_weight
 
-SUPPORTED = {"LlamaForCausalLM": "Llama", "Qwen2ForCausalLM": "Qwen2"}
+SUPPORTED = {"LlamaForCausalLM": "Llama", "Qwen2ForCausalLM": "Qwen2", "Gemma3ForCausalLM": "Gemma3"}
 
 
 def unsupported_reason(directory: Path) -> str | None:
@@ -68,9 +68,22 @@ def _tensors(directory: Path) -> dict[str, torch.Tensor]:
 
 def load_model(directory: Path, fmt: str) -> Model:
     cfg = json.loads((Path(directory) / "config.json").read_text())
+    gemma = cfg["architectures"][0] == "Gemma3ForCausalLM"
     t = _tensors(directory)
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    rope = cfg.get("rope_parameters") or {}
+    theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    if gemma:  # one rope base per layer type
+        theta = float(rope.get("full_attention", {}).get("rope_theta", cfg.get("rope_theta", 1e6)))
+        local = float(rope.get("sliding_attention", {}).get("rope_theta", cfg.get("rope_local_base_freq", 1e4)))
+        types = cfg.get("layer_types") or [
+            "full_attention" if (i + 1) % cfg.get("_sliding_window_pattern", 6) == 0 else "sliding_attention"
+            for i in range(cfg["num_hidden_layers"])]
+
+    def norm(name: str) -> torch.Tensor:
+        return t[name].float().contiguous()
+
     layers = []
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
@@ -79,14 +92,26 @@ def load_model(directory: Path, fmt: str) -> Model:
         if p + "self_attn.q_proj.bias" in t:  # Qwen2
             bias = torch.cat([t[p + f"self_attn.{x}_proj.bias"] for x in "qkv"])
         gate_up = torch.cat([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]])
-        layers.append(Layer(
-            t[p + "input_layernorm.weight"].float().contiguous(), make_weight(qkv, fmt, bias),
-            make_weight(t[p + "self_attn.o_proj.weight"], fmt), t[p + "post_attention_layernorm.weight"].float().contiguous(),
-            make_weight(gate_up, fmt), make_weight(t[p + "mlp.down_proj.weight"], fmt)))
+        layer = Layer(norm(p + "input_layernorm.weight"), make_weight(qkv, fmt, bias),
+                      make_weight(t[p + "self_attn.o_proj.weight"], fmt),
+                      norm(p + ("pre_feedforward_layernorm" if gemma else "post_attention_layernorm") + ".weight"),
+                      make_weight(gate_up, fmt), make_weight(t[p + "mlp.down_proj.weight"], fmt))
+        if gemma:  # norms after attention and after the MLP, per-head q/k norms, local layers
+            layer.post_attn_norm = norm(p + "post_attention_layernorm.weight")
+            layer.post_mlp_norm = norm(p + "post_feedforward_layernorm.weight")
+            layer.q_norm, layer.k_norm = norm(p + "self_attn.q_norm.weight"), norm(p + "self_attn.k_norm.weight")
+            if types[i] == "sliding_attention":
+                layer.window, layer.rope_theta = int(cfg["sliding_window"]), local
+            else:
+                layer.rope_theta = theta
+        layers.append(layer)
     embed = t["model.embed_tokens.weight"].float().contiguous()
     head = t.get("lm_head.weight", embed)
-    rope = cfg.get("rope_parameters") or {}
-    theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
     n_params = sum(v.numel() for k, v in t.items() if k != "lm_head.weight" or "lm_head.weight" in t)
-    return Model(cfg, embed, layers, t["model.norm.weight"].float().contiguous(), make_weight(head, fmt),
-                 heads, kv_heads, head_dim, float(cfg["rms_norm_eps"]), theta, n_params)
+    model = Model(cfg, embed, layers, norm("model.norm.weight"), make_weight(head, fmt),
+                  heads, kv_heads, head_dim, float(cfg["rms_norm_eps"]), theta, n_params)
+    if gemma:
+        model.act, model.norm_offset = 1, 1.0  # gelu-tanh; norms scale by (1 + w)
+        model.attn_scale = float(cfg["query_pre_attn_scalar"]) ** -0.5
+        model.embed_scale = float(cfg["hidden_size"]) ** 0.5
+    return model
