@@ -45,6 +45,7 @@ def test_generate_json_matches_api(engine, reference):
         (["generate", "--mode", "diverse-beam", "--num-beams", "4", "--beam-groups", "3", "hi"], "divide"),
         (["generate", "--mode", "beam", "--num-beams", "2", "-n", "3", "hi"], "num_return_sequences"),
         (["generate", "--mode", "diverse-beam", "--diversity", "-1", "hi"], "diversity"),
+        (["generate", "--mode", "beam", "--method", "foo", "--top-k", "-3", "hi"], "apply to --mode speculative"),
         (["generate", "--backend", "llamacpp", "--dtype", "bfloat16", "hi"], "drop --dtype"),
     ],
 )

@@ -54,6 +54,21 @@ def mode_options(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--mode {mode} is deterministic; drop --temperature (or use --mode speculative)")
     if getattr(args, "stop", None):
         raise ValueError(f"--stop is not supported with --mode {mode}; drop it or use --mode speculative")
+    from ..drafters import DEFAULT_METHOD
+
+    speculative_only = {  # flags of --mode speculative, at their defaults otherwise
+        "--method": getattr(args, "method", DEFAULT_METHOD) != DEFAULT_METHOD,
+        "--budget": getattr(args, "budget", None) is not None,
+        "--opt": bool(getattr(args, "opt", None)),
+        "--draft-model": getattr(args, "draft_model", None) is not None,
+        "--top-k": getattr(args, "top_k", 0) != 0,
+        "--top-p": getattr(args, "top_p", 1.0) != 1.0,
+        "--seed": getattr(args, "seed", None) is not None,
+    }
+    given = [flag for flag, set_ in speculative_only.items() if set_]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --mode speculative, "
+                         f"not --mode {mode}; drop {'it' if len(given) == 1 else 'them'}")
     explicit = {
         "beam_groups": args.beam_groups, "diversity": args.diversity,
         "diversity_ngram": args.diversity_ngram, "ngram_alpha": args.ngram_alpha,
