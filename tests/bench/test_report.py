@@ -60,3 +60,13 @@ def test_write_all_without_questions(tmp_path):
     results = {k: v for k, v in RESULTS.items() if k != "questions"}
     paths = write_all(results, tmp_path)
     assert json.loads(paths["json"].read_text()) == {**results, "questions": []}
+
+
+def test_write_all_without_matplotlib(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    paths = write_all(RESULTS, tmp_path / "out")
+    assert set(paths) == {"json", "report"} and not (tmp_path / "out" / "speedup.png").exists()
+    assert paths["report"].read_text().startswith("# leapdecode bench")

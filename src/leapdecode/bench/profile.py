@@ -75,8 +75,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "profile.json").write_text(json.dumps(result, indent=1))
         (out / "profile.md").write_text(table(result) + "\n")
-        plot(result, out / "profile.png")
-        print(f"wrote {out / 'profile.json'}, {out / 'profile.md'}, {out / 'profile.png'}", file=sys.stderr)
+        written = [out / "profile.json", out / "profile.md"]
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is not None:
+            plot(result, out / "profile.png")
+            written.append(out / "profile.png")
+        print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
     return 0
 
 

@@ -138,11 +138,17 @@ def dumps(results: Mapping[str, Any]) -> str:
 
 
 def write_all(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write results.json, report.md and speedup.png into `out_dir`; returns their paths."""
+    """Write results.json, report.md and (with matplotlib installed) speedup.png into `out_dir`;
+    returns the paths written."""
+    import importlib.util
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "report": out / "report.md", "plot": out / "speedup.png"}
     paths["json"].write_text(dumps(results))
     paths["report"].write_text(report_markdown(results))
-    plot_speedups(results, paths["plot"])
+    if importlib.util.find_spec("matplotlib") is None:
+        del paths["plot"]
+    else:
+        plot_speedups(results, paths["plot"])
     return paths
