@@ -4,12 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The llama.cpp peers of `leapdecode bench` are an optional extra; the tests use them. It
-# compiles from source once (several minutes); pip's wheel cache makes later installs quick.
-# Without AMX: on CPUs that have it, llama.cpp 0.3.36's AMX matmul segfaults on the packaged model.
+# compiles from source (several minutes) for this CPU, but without AMX: on CPUs that have it,
+# llama.cpp 0.3.36's AMX matmul segfaults on the packaged model. No wheel cache: pip keys a cached
+# wheel by the source alone, so one built with other CMAKE_ARGS (or for another CPU) would be reused.
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 .venv/bin/python -c "import llama_cpp" 2>/dev/null ||
     CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'" \
-    .venv/bin/python -m pip --disable-pip-version-check -q install 'llama-cpp-python==0.3.36'
+    .venv/bin/python -m pip --disable-pip-version-check -q install --no-cache-dir 'llama-cpp-python==0.3.36'
 # Cross-tokenizer and draft-model tests read two more packaged models (about 0.7 GB of parts,
 # converted once into ~/.cache/leapdecode on first use).
 for model in gemma3-270m qwen2.5-coder-0.5b; do

@@ -53,8 +53,8 @@ def add_model_args(p: argparse.ArgumentParser, *, threads: int | None = None, de
     p.add_argument("--model", default=DEFAULT_MODEL, help="packaged name, transformers dir or .gguf file")
     p.add_argument("--dtype", default=dtype, choices=DTYPES,
                    help="int8: 8-bit weights (per output channel) on the native runtime")
-    p.add_argument("--threads", type=int, default=threads,
-                   help=f"CPU threads (default: {threads if threads else 'torch' + chr(39) + 's choice'})")
+    default_threads = threads if threads else "torch's choice"
+    p.add_argument("--threads", type=int, default=threads, help=f"CPU threads (default: {default_threads})")
     if device:
         p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                        help="cuda: static KV cache and verification passes replayed as CUDA graphs")
