@@ -102,7 +102,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     check_model(args.model, "--model", need_gguf=llamacpp or any(family(m) == "llamacpp" for m in methods))
     args.backend = resolve_backend(args, notice=lambda line: print(f"leapdecode bench: {line}", file=sys.stderr))
     if args.dtype == "int8" and args.backend != "native":
-        raise ValueError("--dtype int8 runs on leapdecode's own runtime only: use --backend native (or auto)")
+        from ..models.registry import INT8_NEEDS_NATIVE
+
+        raise ValueError(INT8_NEEDS_NATIVE)
     if args.backend == "native" and args.device != "cpu":
         raise ValueError("the native runtime runs on the CPU; use --backend hf with --device cuda")
     if llamacpp:

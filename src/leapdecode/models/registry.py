@@ -16,6 +16,7 @@ from .packaged import PACKAGED, ModelNotInstalled, check_gguf, convert_to_hf_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("float32", "bfloat16")
+INT8_NEEDS_NATIVE = "--dtype int8 runs on leapdecode's own runtime only: use --backend native (or auto)"
 
 
 def cache_dir() -> Path:
@@ -61,7 +62,7 @@ def load_tokenizer(name: str) -> Any:
 def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) for a model name, offline."""
     if dtype == "int8":
-        raise ValueError("--dtype int8 runs on leapdecode's own runtime only: use --backend native (or auto)")
+        raise ValueError(INT8_NEEDS_NATIVE)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     directory = resolve(name)
