@@ -2,23 +2,25 @@
 
 import argparse
 
-from leapdecode.decoding.bench import BENCH_MODES, load_questions, references, run_bench, table
+from leapdecode.bench.questions import Question, first_references
+from leapdecode.decoding.bench import BENCH_MODES, load_questions, run_bench, table
 
 
 def test_question_selection_and_references():
     questions = load_questions(per_subtask=1)
     assert len(questions) == 6
-    categories = {q["category"] for q in questions}
+    categories = {q.category for q in questions}
     assert {"translation", "summarization", "qa", "math_reasoning", "rag"} <= categories
-    assert references({"reference": [["a", "b"]]}) == ["a", "b"]  # rag: several answers
-    assert references({"reference": ["one", "two"]}) == ["one"]  # first turn only
-    assert references({}) == []
+    assert first_references([["a", "b"]]) == ("a", "b")  # rag: several answers
+    assert first_references(["one", "two"]) == ("one",)  # first turn only
+    assert first_references(None) == ()
+    assert any(q.reference for q in questions)  # the dev set has reference answers
 
 
 def test_tiny_run_of_every_mode(engine):
     args = argparse.Namespace(model="smollm2-135m", dtype="float32", k=2, max_new_tokens=4, beam_groups=None,
                               diversity=0.5, temperature=0.8, top_p=0.95, seed=0, per_subtask=1)
-    question = {"question_id": 1, "category": "qa", "turns": ["Name a color."], "reference": ["Blue."]}
+    question = Question(1, "qa", ("Name a color.",), 1, ("Blue.",))
     result = run_bench(engine, [question], BENCH_MODES, args, log=lambda s: None)
     for mode in BENCH_MODES:
         s = result["summary"][mode]

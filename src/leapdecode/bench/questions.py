@@ -39,6 +39,7 @@ class Question:
     category: str
     turns: tuple[str, ...]
     line: int  # 1-based line number in the file, for messages
+    reference: tuple[str, ...] = ()  # the first turn's reference answers, where the file has them
 
     @property
     def subtask(self) -> str:
@@ -92,7 +93,20 @@ def parse_line(text: str, where: str, number: int = 0) -> Question:
     for i, turn in enumerate(turns):
         if not isinstance(turn, str) or not turn.strip():
             raise ValueError(f"{where}: turn {i + 1} must be a non-empty string, got {turn!r}")
-    return Question(qid, category, tuple(turns), number)
+    return Question(qid, category, tuple(turns), number, first_references(record.get("reference")))
+
+
+def first_references(reference: object) -> tuple[str, ...]:
+    """The first turn's reference answers: Spec-Bench stores one per turn, or (rag) a list of
+    acceptable answers for the first.
+
+    >>> first_references([["a", "b"]]), first_references(["one", "two"]), first_references(None)
+    (('a', 'b'), ('one',), ())
+    """
+    if not isinstance(reference, list) or not reference:
+        return ()
+    first = reference[0]
+    return tuple(str(r) for r in first) if isinstance(first, list) else (str(first),)
 
 
 def select_questions(

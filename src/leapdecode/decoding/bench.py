@@ -18,43 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from importlib import resources
 from typing import Any, Callable, Sequence
 
 from . import decode
 from .metrics import best_of_n_bleu, distinct_n, self_bleu
+from ..bench.questions import Question, default_questions_path, select_questions
+from ..bench.questions import load_questions as read_questions
 from ..models.base import hf_model_of
 from ..options import add_model_args
 
 BENCH_MODES = ("beam", "diverse-beam", "superposed", "sample", "sample-seq")
-SUBTASKS = {"translation", "summarization", "qa", "math_reasoning", "rag"}
 
 
-def load_questions(per_subtask: int, path: str | None = None) -> list[dict[str, Any]]:
-    """The first `per_subtask` questions of each subtask (MT-bench categories grouped)."""
-    if path:
-        text = open(path, encoding="utf-8").read()
-    else:
-        text = (resources.files("leapdecode.bench") / "data" / "specbench_dev.jsonl").read_text(encoding="utf-8")
-    chosen, seen = [], {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        q = json.loads(line)
-        sub = q["category"] if q["category"] in SUBTASKS else "mt_bench"
-        if seen.get(sub, 0) < per_subtask:
-            seen[sub] = seen.get(sub, 0) + 1
-            chosen.append(q)
-    return chosen
-
-
-def references(question: dict[str, Any]) -> list[str]:
-    """The first turn's reference answers ([] when the question has none)."""
-    ref = question.get("reference")
-    if not ref:
-        return []
-    first = ref[0]
-    return [str(r) for r in first] if isinstance(first, list) else [str(first)]
+def load_questions(per_subtask: int, path: str | None = None) -> list[Question]:
+    """The first `per_subtask` questions of each subtask (MT-bench categories grouped), read by
+    the benchmark's own loader (the packaged dev set unless `path`)."""
+    return select_questions(read_questions(path or default_questions_path()), None, per_subtask)
 
 
 def make_runners(args: argparse.Namespace) -> dict[str, Callable[[Any, list[int]], list[str]]]:
@@ -110,15 +89,15 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def run_bench(engine: Any, questions: list[dict[str, Any]], modes: Sequence[str], args: argparse.Namespace,
+def run_bench(engine: Any, questions: list[Question], modes: Sequence[str], args: argparse.Namespace,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     runners = make_runners(args)
     counter = PassCounter(hf_model_of(engine.target, "the multi-output bench"))
     rows = []
     for q in questions:
-        ids = engine.encode(q["turns"][0])
-        refs = references(q)
-        row: dict[str, Any] = {"question_id": q.get("question_id"), "category": q["category"], "modes": {}}
+        ids = engine.encode(q.turns[0])
+        refs = list(q.reference)
+        row: dict[str, Any] = {"question_id": q.question_id, "category": q.category, "modes": {}}
         for mode in modes:
             start, passes = time.perf_counter(), counter.count
             texts = runners[mode](engine, ids)
@@ -126,7 +105,7 @@ def run_bench(engine: Any, questions: list[dict[str, Any]], modes: Sequence[str]
             metrics = score_outputs(texts, refs, args.k)
             row["modes"][mode] = {"outputs": texts, "wall_s": wall, "passes": passes, **metrics}
         rows.append(row)
-        log(f"question {q.get('question_id')} ({q['category']}): done")
+        log(f"question {q.question_id} ({q.category}): done")
     counter.close()
     summary = {}
     for mode in modes:

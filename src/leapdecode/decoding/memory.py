@@ -45,7 +45,7 @@ def _prompt(tokenizer: Any, n: int) -> list[int]:
     """n tokens of real text: the dev questions, concatenated."""
     from .bench import load_questions
 
-    text = " ".join(q["turns"][0] for q in load_questions(per_subtask=40))
+    text = " ".join(q.turns[0] for q in load_questions(per_subtask=40))
     ids = tokenizer(text)["input_ids"]
     if len(ids) < n:
         ids = (ids * (n // max(len(ids), 1) + 1))
