@@ -9,6 +9,7 @@ is bitwise the same computed in a chain, a tree, or alone after its ancestors we
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,14 +67,16 @@ class NativeTarget:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of weights one pass reads (every linear layer and norm; the embedding rows
-        looked up are negligible)."""
+        """Bytes of weights one pass reads (every linear layer and norm, Gemma3's included; the
+        embedding rows looked up are negligible)."""
+        def size(value: object) -> int:
+            if isinstance(value, ops.Weight):
+                return value.nbytes
+            return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+
         m = self.m
-        total = m.head.nbytes + m.norm.numel() * 4
-        for layer in m.layers:
-            total += sum(w.nbytes for w in (layer.qkv, layer.o, layer.gate_up, layer.down))
-            total += sum(t.numel() * 4 for t in (layer.attn_norm, layer.mlp_norm) if t is not None)
-        return total
+        layers = sum(size(getattr(layer, f.name)) for layer in m.layers for f in dataclasses.fields(layer))
+        return size(m.head) + size(m.norm) + layers
 
     def cache_bytes(self, tokens: int) -> int:
         """Bytes of K and V one query reads over `tokens` cached tokens (float32)."""
