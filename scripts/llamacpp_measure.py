@@ -142,10 +142,10 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     import llama_cpp
     import llama_cpp.llama_cpp as lib
-    from leapdecode import GenerationConfig
+    from leapdecode import Engine, GenerationConfig
     from leapdecode.models.llamacpp import load_llamacpp, locate_gguf
 
-    engine = load_llamacpp(args.model, threads=args.threads, n_ctx=args.n_ctx)
+    engine = Engine(*load_llamacpp(args.model, threads=args.threads, n_ctx=args.n_ctx), name=args.model)
     recorder = RecordingTarget(engine.target)
     engine.target = recorder
     llama = llama_cpp.Llama(model_path=str(locate_gguf(args.model)), n_threads=args.threads,

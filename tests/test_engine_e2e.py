@@ -33,6 +33,7 @@ class Oracle(Drafter):
         self.prompt_len, self.tokens = prompt_len, list(continuation) + list(tail)
 
     def propose(self, context, budget):
+        assert budget >= 1, "the engine asks for a draft only when there is room for one"
         done = len(context) - self.prompt_len
         return Draft(tuple(self.tokens[done: done + budget]))
 

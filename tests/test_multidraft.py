@@ -17,7 +17,8 @@ import torch
 
 from leapdecode import tree, verify
 from leapdecode.drafters import Draft
-from leapdecode.drafters.draft_model import DraftModelDrafter, Level
+from leapdecode.drafters.draft_lm import Level
+from leapdecode.drafters.draft_model import DraftModelDrafter
 from leapdecode.sampling import SamplingParams
 from leapdecode.verify_multi import sample_without_replacement
 

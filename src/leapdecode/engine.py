@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 from . import tree, verify
 from .config import GenerationConfig
-from .drafters import DEFAULT_METHOD, Draft, Drafter, StepResult, make_drafter
+from .drafters import DEFAULT_METHOD, EMPTY_DRAFT, Draft, Drafter, StepResult, TargetInfo, make_drafter
 from .budget import AutoBudget, cached_pass_costs
 from .models.base import Target, eos_ids_of  # noqa: F401  (eos_ids_of: re-exported for old imports)
 from .sampling import make_generator, make_warp
@@ -79,6 +79,17 @@ class Engine:
         self.eos_ids = target.eos_ids
         self._pass_costs: dict[str, dict[int, float]] = {}
 
+    @property
+    def info(self) -> TargetInfo:
+        """The target as drafters see it (`Drafter.configure`)."""
+        target = self.target
+        return TargetInfo(
+            name=self.name, tokenizer=self.tokenizer, vocab_size=target.vocab_size, eos_ids=self.eos_ids,
+            n_params=target.n_params, key=f"{self.name}|{target.cache_key}",
+            backend=getattr(target, "backend", "transformers"),
+            dtype=str(getattr(target, "dtype", "float32")).removeprefix("torch."),
+        )
+
     # ---- public API -------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int] | Sequence[dict], chat: bool = True) -> list[int]:
         """Prompt -> ids. A string is wrapped in the chat template as one user message unless
@@ -132,7 +143,7 @@ class Engine:
         """An iterator of text deltas; `.result` holds the Generation once it is exhausted."""
         config = config or GenerationConfig()
         drafter = make_drafter(method, **options)
-        drafter.configure(config.sampling, self)
+        drafter.configure(config.sampling, self.info)
         ids = self.encode(prompt, chat)
         if len(ids) >= self.target.context_window:
             raise ValueError(
@@ -175,7 +186,7 @@ class Engine:
             # never draft past max_new_tokens: the bonus always comes on top of the draft
             remaining = config.max_new_tokens - (len(context) - len(prompt_ids)) - 1
             limit = max(0, min(auto.choose() if auto else budget, room, remaining))
-            draft = _clean(drafter.propose(context, limit), target.vocab_size, limit)
+            draft = _clean(drafter.propose(context, limit), target.vocab_size, limit) if limit else EMPTY_DRAFT
             layout = tree.layout(draft)
             inputs = [context[-1], *draft.tokens]
             logits = target.forward(inputs, layout.depths, layout.mask)  # [n + 1, vocab]

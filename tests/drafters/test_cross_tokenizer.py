@@ -32,7 +32,7 @@ def tokenizers():
 def run(engine, drafter, prompt, config):
     """The engine calls `configure` at request start; calling it here too keeps these tests
     independent of that wiring (configure is idempotent)."""
-    drafter.configure(config.sampling, engine)
+    drafter.configure(config.sampling, engine.info)
     return engine.generate(prompt, config, drafter)
 
 
@@ -116,7 +116,7 @@ def gemma_drafter():
 
 def test_greedy_output_is_identical_with_another_tokenizer(engine, reference, gemma_drafter):
     with pytest.warns(UserWarning, match="larger than the target"):
-        gemma_drafter.configure(GenerationConfig().sampling, engine)
+        gemma_drafter.configure(GenerationConfig().sampling, engine.info)
     assert isinstance(gemma_drafter._cross, CrossTokenizerDrafter)
     accepted = 0
     for prompt in PROMPTS[:2]:
@@ -128,7 +128,7 @@ def test_greedy_output_is_identical_with_another_tokenizer(engine, reference, ge
 
 def test_cross_proposals_are_target_ids_without_probs(engine, gemma_drafter):
     config = GenerationConfig(max_new_tokens=8, temperature=0.7, seed=1)
-    gemma_drafter.configure(config.sampling, engine)
+    gemma_drafter.configure(config.sampling, engine.info)
     prompt = engine.encode(PROMPTS[0])
     gemma_drafter.reset(prompt)
     draft = gemma_drafter.propose(prompt, 6)

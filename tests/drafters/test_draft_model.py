@@ -5,15 +5,10 @@ import pytest
 import torch
 
 from leapdecode import GenerationConfig
-from leapdecode.drafters.draft_model import (
-    DraftLength,
-    DraftLM,
-    DraftModelDrafter,
-    common_prefix,
-    load_draft,
-    pad_vocab,
-    same_vocabulary,
-)
+from leapdecode.drafters.draft_length import DraftLength
+from leapdecode.drafters.draft_lm import DraftLM, common_prefix, pad_vocab
+from leapdecode.drafters.draft_model import DraftModelDrafter, same_vocabulary
+from leapdecode.models.loading import load_draft
 from leapdecode.models import registry
 from leapdecode.models.hf import HFTarget
 from leapdecode.sampling import SamplingParams
@@ -25,7 +20,7 @@ PROMPTS = ["Write a short poem about the sea.", "What is 17 * 23? Explain step b
 def run(engine, drafter, prompt, config):
     """Generate with `drafter`. The engine calls `configure` at request start; calling it here
     too keeps these tests independent of that wiring (configure is idempotent)."""
-    drafter.configure(config.sampling, engine)
+    drafter.configure(config.sampling, engine.info)
     return engine.generate(prompt, config, drafter)
 
 
@@ -151,9 +146,9 @@ def test_same_vocabulary():
 
 
 # ---- bad input ------------------------------------------------------------------------------
-def test_unknown_draft_model_is_a_clear_error():
+def test_unknown_draft_model_is_a_clear_error(engine):
     with pytest.raises(ValueError, match="draft model: unknown model 'no-such-model'"):
-        DraftModelDrafter("no-such-model")
+        DraftModelDrafter("no-such-model").configure(SamplingParams(), engine.info)
 
 
 def test_missing_draft_model_names_the_install_command(monkeypatch):
@@ -165,7 +160,7 @@ def test_missing_draft_model_names_the_install_command(monkeypatch):
 def test_no_draft_model_and_no_default_pair(engine):
     drafter = DraftModelDrafter()
     with pytest.raises(ValueError, match="--draft-model NAME"):
-        drafter.configure(SamplingParams(), engine)
+        drafter.configure(SamplingParams(), engine.info)
     with pytest.raises(ValueError, match="--draft-model NAME"):
         drafter.propose([1, 2, 3], 4)
 
@@ -230,7 +225,7 @@ def test_draft_ids_stay_inside_a_smaller_target_vocabulary(engine):
 def test_sampling_draws_from_q_and_self_drafts_are_accepted(engine):
     config = GenerationConfig(max_new_tokens=12, temperature=0.8, top_p=0.95, seed=3)
     drafter = self_drafter(engine, length=4)
-    drafter.configure(config.sampling, engine)
+    drafter.configure(config.sampling, engine.info)
     drafter.reset(engine.encode(PROMPTS[0]))
     draft = drafter.propose(engine.encode(PROMPTS[0]), 4)
     assert draft.probs is not None and draft.probs.shape == (4, engine.target.vocab_size)
@@ -266,8 +261,8 @@ def test_llamacpp_draft_of_the_same_gguf_is_lossless_and_mostly_accepted(engine,
     for options in (dict(length=4), dict(length="auto", tree_width=2)):
         for prompt in PROMPTS:
             drafter = DraftModelDrafter("smollm2-135m", backend="llamacpp", **options)
-            assert drafter.lm.lm.__class__.__name__ == "LlamaCppTarget"
             out = run(engine, drafter, prompt, GenerationConfig(max_new_tokens=24))
+            assert drafter.lm.lm.backend == "llamacpp"
             assert out.token_ids == reference(prompt, 24)
             assert out.stats.drafted > 0 and acceptance(out.stats) > 0, out.stats.accepted_hist
 
@@ -286,10 +281,10 @@ def test_unknown_draft_backend_is_a_clear_error():
         DraftModelDrafter("smollm2-135m", backend="onnx")
 
 
-def test_llamacpp_draft_needs_a_gguf(tmp_path):
+def test_llamacpp_draft_needs_a_gguf(engine, tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="draft model: .*GGUF"):
-        DraftModelDrafter(str(tmp_path), backend="llamacpp")
+        DraftModelDrafter(str(tmp_path), backend="llamacpp").configure(SamplingParams(), engine.info)
 
 
 # ---- the real pair (slow) -------------------------------------------------------------------

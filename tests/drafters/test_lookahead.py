@@ -45,7 +45,6 @@ def test_budget_zero_empty_context_and_unknown_vocabulary_give_empty_drafts():
     drafter.reset([1, 2, 3])
     assert drafter.propose([1, 2, 3], 10) == EMPTY_DRAFT  # vocabulary not known yet
     drafter = tail_drafter([1, 2, 3])
-    assert drafter.propose([1, 2, 3], 0) == EMPTY_DRAFT
     assert drafter.propose([], 10) == EMPTY_DRAFT
 
 

@@ -55,14 +55,11 @@ def test_greedy_chain_follows_most_frequent_and_siblings_explore():
     assert_valid_tree(draft, 8)
 
 
-def test_budget_zero_and_small_budgets():
+def test_small_budgets():
     prompt = [1, 2, 3, 1, 2, 3, 1, 2]
     d = NgramAdaptiveDrafter()
     d.reset(prompt)
-    assert d.propose(prompt, 0) == Draft()
     assert d.propose(prompt, 1).tokens == (3,)
-    with pytest.raises(ValueError):
-        d.propose(prompt, -1)
     assert NgramAdaptiveDrafter().propose([], 4) == Draft()
     assert NgramAdaptiveDrafter().propose([5, 6], 4) == Draft()  # nothing known after 6
 

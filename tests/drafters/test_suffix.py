@@ -59,15 +59,13 @@ def test_min_match():
     assert SuffixDrafter(min_match=1).propose(ctx, 3).tokens == (2, 9, 3)
 
 
-def test_budget_zero_and_max_draft():
+def test_max_draft():
     ctx = [1, 2, 3, 4, 5, 1, 2]
     d = SuffixDrafter(max_draft=3)
-    assert d.propose(ctx, 0) == Draft()
+    assert d.propose(ctx, 10).tokens == (3, 4, 5)
     assert d.match_length == 2
     assert d.propose(ctx, 10).tokens == (3, 4, 5)
     assert d.propose(ctx, 2).tokens == (3, 4)
-    with pytest.raises(ValueError):
-        d.propose(ctx, -1)
 
 
 class Recorder(Drafter):

@@ -44,11 +44,10 @@ def step(
     )
 
 
-def test_nothing_before_the_vocabulary_is_known_and_budget_zero_is_empty():
+def test_nothing_before_the_vocabulary_is_known():
     drafter = TokenRecyclingDrafter(k=2)
     assert drafter.propose([1, 2, 3], 8) == EMPTY_DRAFT
     drafter.observe(step(EMPTY_DRAFT, 3, [], [[4, 5]], [1, 2, 3]))
-    assert drafter.propose([1, 2, 3, 4], 0) == EMPTY_DRAFT
     assert drafter.propose([], 8) == EMPTY_DRAFT
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from leapdecode import GenerationConfig, tree
+from leapdecode import Engine, GenerationConfig, tree
 from leapdecode.drafters import Draft
 from leapdecode.models.llamacpp import INSTALL, LlamaCppTarget, TreeSlots, load_llamacpp, locate_gguf
 from tests.conftest import pick_prompts
@@ -38,7 +38,7 @@ N_NEW = 32
 
 @pytest.fixture(scope="module")
 def lc_engine():
-    return load_llamacpp("smollm2-135m", threads=THREADS)
+    return Engine(*load_llamacpp("smollm2-135m", threads=THREADS), name="smollm2-135m")
 
 
 @pytest.fixture(scope="module")

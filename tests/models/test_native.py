@@ -291,7 +291,7 @@ def test_profile_command(tmp_path, capsys):
 
 def test_draft_model_on_the_native_runtime(targets, tokenizer):
     """A native draft model (here the target's own weights in int8) drafts for a bf16 target."""
-    from leapdecode.drafters.draft_model import load_draft
+    from leapdecode.models.loading import load_draft
     from leapdecode.models.native import NativeTarget
 
     draft = load_draft("smollm2-135m", "int8", "native")

@@ -301,12 +301,6 @@ def build_runners(methods: Sequence[str], setup: Setup) -> list[Any]:
 
 
 def _engine_runner(method: str, setup: Setup) -> EngineRunner:
-    options: dict[str, Any] = {}
-    if split_method(method)[0] == "draft-model":
-        # the draft model runs where the target runs (llama.cpp drafts for a llama.cpp target are
-        # chosen with the method's own `backend=` option)
-        if setup.backend == "native":
-            options = {"model": setup.draft_name, "dtype": setup.dtype, "backend": "native"}
-        else:
-            options = {"model": setup.draft_name, "dtype": setup.hf_dtype}
+    # a draft model runs where the target runs (its backend and dtype)
+    options = {"model": setup.draft_name} if split_method(method)[0] == "draft-model" else {}
     return EngineRunner(setup.engine, method, setup.budget, **options)

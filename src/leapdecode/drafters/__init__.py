@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, merge
+from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, TargetInfo, merge
 
 DEFAULT_METHOD = "auto"  # of generate, serve and the API
 
@@ -39,4 +39,4 @@ def make_drafter(method: str | Drafter, **options: Any) -> Drafter:
         raise ValueError(f"bad option for method {method!r}: {err}") from None
 
 
-__all__ = ["DEFAULT_METHOD", "DRAFTERS", "Draft", "Drafter", "EMPTY_DRAFT", "StepResult", "make_drafter", "merge"]
+__all__ = ["DEFAULT_METHOD", "DRAFTERS", "Draft", "Drafter", "EMPTY_DRAFT", "StepResult", "TargetInfo", "make_drafter", "merge"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, check_int, merge
+from .base import Draft, Drafter, StepResult, check_int, merge
 from .suffix import SuffixDrafter
 from .token_recycling import TokenRecyclingDrafter
 
@@ -32,8 +32,6 @@ class AutoDrafter(Drafter):
         self.recycle.reset(prompt)
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
-        if budget < 1:
-            return EMPTY_DRAFT
         chain = self.copy.propose(context, budget)
         tree = self.recycle.propose(context, budget)
         return merge([chain, tree], budget)

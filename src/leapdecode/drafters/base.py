@@ -58,6 +58,20 @@ class Draft:
 EMPTY_DRAFT = Draft()
 
 
+@dataclass(frozen=True)
+class TargetInfo:
+    """What a drafter may know of the target it drafts for: given to `Drafter.configure`."""
+
+    name: str  # the model as loaded: a packaged name, a directory or a .gguf file
+    tokenizer: Any
+    vocab_size: int
+    eos_ids: frozenset[int]
+    n_params: int
+    key: str  # the target's weights and set-up: what state learned across requests is kept per
+    backend: str = "transformers"  # what runs the target ("transformers", "native", "llamacpp")
+    dtype: str = "float32"  # its weights' format; a draft model runs the same unless told otherwise
+
+
 def check_int(method: str, name: str, value: object, low: int, default: int) -> int:
     """A drafter option that must be an integer >= low; the error names a value that works."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -95,20 +109,74 @@ class Drafter:
     name: str = "drafter"
     default_budget: int = 16  # draft nodes per step when the request does not say
 
-    def configure(self, sampling: Any, engine: Any) -> None:
+    def configure(self, sampling: Any, target: TargetInfo | None = None) -> None:
         """Called once per request before `reset`, with the request's SamplingParams and the
-        Engine: drafters that sample (and report q) or that need the target's tokenizer and
-        model (a draft model) set themselves up here. Default: nothing."""
+        target's description: drafters that sample (and report q) or that need the target's
+        tokenizer and set-up (a draft model) set themselves up here. Default: nothing."""
 
     def reset(self, prompt: Sequence[int]) -> None:
         """Called once at the start of each request with the prompt's token ids."""
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
-        """Return at most `budget` draft tokens that may follow `context`."""
+        """Return at most `budget` (>= 1: the engine skips drafting when there is no room) draft
+        tokens that may follow `context`."""
         raise NotImplementedError
 
     def observe(self, result: StepResult) -> None:
         """Learn from a verification step (adaptive drafters). Default: nothing."""
+
+
+class DraftTrie:
+    """A draft under construction: nodes appended parents first, no two siblings with the same
+    token, at most `budget` nodes. Every drafter that builds a tree builds it here.
+
+    >>> trie = DraftTrie(4)
+    >>> trie.insert([5, 6]), trie.insert([5, 7]), trie.add(-1, 8), trie.add(-1, 9)
+    ([0, 1], [0, 2], 3, None)
+    >>> trie.draft()
+    Draft(tokens=(5, 6, 7, 8), parents=(-1, 0, 0, -1), probs=None)
+    """
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self._node: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def full(self) -> bool:
+        return len(self.tokens) >= self.budget
+
+    def add(self, parent: int, token: int, share: bool = True) -> int | None:
+        """The node of `token` below `parent` (-1: right after the context): the existing one
+        (None instead when share is False), else a new one; None when the trie is full."""
+        key = (parent, int(token))
+        node = self._node.get(key)
+        if node is not None:
+            return node if share else None
+        if self.full:
+            return None
+        node = self._node[key] = len(self.tokens)
+        self.tokens.append(int(token))
+        self.parents.append(parent)
+        return node
+
+    def insert(self, sequence: Sequence[int], parent: int = -1) -> list[int]:
+        """Add a chain below `parent`; the nodes of its longest prefix that fits."""
+        nodes: list[int] = []
+        for token in sequence:
+            node = self.add(parent, token)
+            if node is None:
+                break
+            nodes.append(node)
+            parent = node
+        return nodes
+
+    def draft(self) -> Draft:
+        return Draft(tuple(self.tokens), tuple(self.parents)) if self.tokens else EMPTY_DRAFT
 
 
 def merge(drafts: Sequence[Draft], budget: int) -> Draft:
@@ -119,19 +187,10 @@ def merge(drafts: Sequence[Draft], budget: int) -> Draft:
     >>> merge([Draft((5, 6)), Draft((5, 7), (-1, -1))], 8)
     Draft(tokens=(5, 6, 7), parents=(-1, 0, -1), probs=None)
     """
-    tokens: list[int] = []
-    parents: list[int] = []
-    index: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+    trie = DraftTrie(budget)
     for draft in drafts:
-        mapped: list[int] = []  # draft node -> merged node (-2: dropped)
+        mapped: list[int | None] = []  # draft node -> trie node (None: dropped)
         for token, parent in zip(draft.tokens, draft.parent_list()):
-            new_parent = -1 if parent == -1 else mapped[parent]
-            node = -2
-            if new_parent != -2:
-                node = index.get((new_parent, token), -2)
-                if node == -2 and len(tokens) < budget:
-                    node = index[(new_parent, token)] = len(tokens)
-                    tokens.append(token)
-                    parents.append(new_parent)
-            mapped.append(node)
-    return Draft(tuple(tokens), tuple(parents)) if tokens else EMPTY_DRAFT
+            below = -1 if parent == -1 else mapped[parent]
+            mapped.append(None if below is None else trie.add(below, token))
+    return trie.draft()

@@ -34,7 +34,8 @@ from typing import Any, Sequence
 import torch
 
 from .base import EMPTY_DRAFT, Draft, Drafter, StepResult
-from .draft_model import DraftLength, DraftLM, Level, decode_chain
+from .draft_length import DraftLength
+from .draft_lm import DraftLM, Level, decode_chain
 
 WINDOW = 32  # draft tokens re-encoded each step at least; older ones are frozen
 TAIL = 4  # committed target tokens re-encoded with the draft's text, for merges across the seam
@@ -127,7 +128,7 @@ class CrossTokenizerDrafter(Drafter):
 
     Built by DraftModelDrafter.configure when the two vocabularies differ; usable directly:
 
-        CrossTokenizerDrafter(DraftLM(HFTarget(draft_model)), draft_tokenizer, engine.tokenizer)
+        CrossTokenizerDrafter(DraftLM(as_target(draft_model)), draft_tokenizer, target_tokenizer)
     """
 
     name = "draft-model"
@@ -192,7 +193,7 @@ class CrossTokenizerDrafter(Drafter):
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
         self._last = None
-        if budget < 1 or not self._draft_prompt:
+        if not self._draft_prompt:
             return EMPTY_DRAFT
         text = decode(self.target_tok, context[self._prompt_len :]).rstrip("\ufffd")  # no half characters
         draft_context = self._draft_context(text)
@@ -244,7 +245,7 @@ class CrossTokenizerDrafter(Drafter):
     def observe(self, result: StepResult) -> None:
         if self._last is None:
             return
-        confidences, ends, extends = self._last
+        (confidences, ends, extends), self._last = self._last, None
         # draft tokens count as accepted when the accepted target text covers them
         accepted_chars = len(decode(self.target_tok, result.accepted))
         proposed_chars = len(decode(self.target_tok, result.draft.tokens))

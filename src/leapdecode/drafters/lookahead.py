@@ -37,7 +37,7 @@ import random
 from collections import deque
 from typing import Sequence
 
-from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, check_int
+from .base import EMPTY_DRAFT, Draft, Drafter, DraftTrie, StepResult, check_int
 
 
 def build_draft(
@@ -54,31 +54,13 @@ def build_draft(
     >>> build_draft([4, 5], [(8, 9)], budget=3)
     ([4, 5, 8], [-1, 0, -1], [0, 1])
     """
-    tokens: list[int] = []
-    parents: list[int] = []
-    node_of: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
-
-    def insert(sequence: Sequence[int]) -> list[int]:
-        nodes: list[int] = []
-        parent = -1
-        for token in sequence:
-            node = node_of.get((parent, token))
-            if node is None:
-                if len(tokens) >= budget:
-                    break
-                node = node_of[(parent, token)] = len(tokens)
-                tokens.append(int(token))
-                parents.append(parent)
-            nodes.append(node)
-            parent = node
-        return nodes
-
-    window_nodes = insert(window)
+    trie = DraftTrie(budget)
+    window_nodes = trie.insert(window)
     for ngram in ngrams:
-        if len(tokens) >= budget:
+        if trie.full:
             break
-        insert(ngram)
-    return tokens, parents, window_nodes
+        trie.insert(ngram)
+    return trie.tokens, trie.parents, window_nodes
 
 
 def diagonal_ngrams(
@@ -202,7 +184,7 @@ class LookaheadDrafter(Drafter):
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
         self._last_draft, self._window_nodes = None, []
-        if budget < 1 or self.vocab_size is None or not context:
+        if self.vocab_size is None or not context:
             return EMPTY_DRAFT
         self._align(context)
         vocab = self.vocab_size

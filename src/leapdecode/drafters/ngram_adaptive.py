@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from leapdecode.drafters.base import EMPTY_DRAFT, Draft, Drafter, StepResult, check_int
+from .base import EMPTY_DRAFT, Draft, Drafter, DraftTrie, StepResult, check_int
 
 # (previous token or None, current token) -> best next tokens with their probabilities
 NextTokens = Callable[[int | None, int], Sequence[tuple[int, float]]]
@@ -98,8 +98,7 @@ def build_tree(
     The greedy chain is 2 3 (path probability 0.6, then 0.3); the branch 5 6 (0.4 each) then
     beats 4 and the child of 3 (0.3 each).
     """
-    tokens: list[int] = []
-    parents: list[int] = []
+    trie = DraftTrie(budget)
     # heap entries: (-path probability, depth, tie order, parent index, token, token before it)
     heap: list[tuple[float, int, int, int, int, int]] = []
     order = itertools.count()
@@ -112,25 +111,21 @@ def build_tree(
     # Phase 1: the greedy chain; its siblings wait in the heap.
     chain_len = min(budget, max_depth, math.ceil(greedy_share * budget))
     parent, before, last, prob = -1, prev2, prev1, 1.0
-    while len(tokens) < chain_len:
+    while len(trie) < chain_len:
         candidates = next_tokens(before, last)
         if not candidates:
             break
         for tok, p in candidates[1:]:
-            heapq.heappush(heap, (-prob * p, len(tokens) + 1, next(order), parent, tok, last))
+            heapq.heappush(heap, (-prob * p, len(trie) + 1, next(order), parent, tok, last))
         tok, p = candidates[0]
-        tokens.append(tok)
-        parents.append(parent)
-        parent, before, last, prob = len(tokens) - 1, last, tok, prob * p
-    push_children(parent, len(tokens), before, last, prob)
+        parent, before, last, prob = trie.add(parent, tok), last, tok, prob * p
+    push_children(parent, len(trie), before, last, prob)
 
     # Phase 2: best-first by path probability.
-    while heap and len(tokens) < budget:
+    while heap and not trie.full:
         neg_prob, depth, _, parent, tok, before = heapq.heappop(heap)
-        tokens.append(tok)
-        parents.append(parent)
-        push_children(len(tokens) - 1, depth, before, tok, -neg_prob)
-    return tokens, parents
+        push_children(trie.add(parent, tok), depth, before, tok, -neg_prob)
+    return trie.tokens, trie.parents
 
 
 
@@ -188,10 +183,8 @@ class NgramAdaptiveDrafter(Drafter):
         self._sync(prompt)
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
-        if budget < 0:
-            raise ValueError(f"budget must be >= 0, got {budget}")
         self._sync(context)
-        if budget == 0 or not self._seen:
+        if not self._seen:
             return EMPTY_DRAFT
         prev2 = self._seen[-2] if len(self._seen) >= 2 else None
         tokens, parents = build_tree(

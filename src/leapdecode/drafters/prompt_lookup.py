@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import EMPTY_DRAFT, Draft, Drafter
+from .base import Draft, Drafter
 
 
 def lookup(
@@ -53,6 +53,4 @@ class PromptLookupDrafter(Drafter):
         self.min_ngram = min_ngram
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
-        if budget < 1:
-            return EMPTY_DRAFT
         return Draft(tuple(lookup(context, self.max_ngram, self.min_ngram, budget)))

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from leapdecode.drafters.base import EMPTY_DRAFT, Draft, Drafter, check_int
+from .base import EMPTY_DRAFT, Draft, Drafter, DraftTrie, check_int
 
 SEP = -1  # ends every document; never a token id, so no match runs across documents
 _FORMAT_VERSION = 1
@@ -261,19 +261,16 @@ def frequency_trie(
             count[child] += 1
             node = child
 
-    tokens: list[int] = []
-    parents: list[int] = []
-    draft_index = {0: -1}  # trie node -> draft index
+    draft = DraftTrie(budget)
+    draft_index = {0: -1}  # trie node -> draft node
     heap = [(-count[c], depth[c], c) for c in children[0].values()]
     heapq.heapify(heap)
-    while heap and len(tokens) < budget:
+    while heap and not draft.full:
         _, _, node = heapq.heappop(heap)
-        draft_index[node] = len(tokens)
-        tokens.append(token[node])
-        parents.append(draft_index[parent[node]])
+        draft_index[node] = draft.add(draft_index[parent[node]], token[node])
         for c in children[node].values():
             heapq.heappush(heap, (-count[c], depth[c], c))
-    return tokens, parents
+    return draft.tokens, draft.parents
 
 
 
@@ -320,11 +317,9 @@ class RetrievalDrafter(Drafter):
         self.match_length = 0
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
-        if budget < 0:
-            raise ValueError(f"budget must be >= 0, got {budget}")
         self.match_length = 0
         longest = min(self.max_suffix, len(context))
-        if budget == 0 or longest < self.min_suffix:
+        if longest < self.min_suffix:
             return EMPTY_DRAFT
         tail = [int(t) for t in context[len(context) - longest :]]
         m = self._longest_match(tail)

@@ -185,12 +185,8 @@ class SuffixDrafter(Drafter):
             self.fallback.reset(prompt)
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
-        if budget < 0:
-            raise ValueError(f"budget must be >= 0, got {budget}")
         self._sync(context)
         self.match_length = self._sam.match_length
-        if budget == 0:
-            return EMPTY_DRAFT
         if self.match_length < self.min_match:
             return self.fallback.propose(context, budget) if self.fallback else EMPTY_DRAFT
         return Draft(tokens=self._sam.continuation(min(budget, self.max_draft)))

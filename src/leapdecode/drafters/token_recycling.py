@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .base import EMPTY_DRAFT, Draft, Drafter, StepResult
+from .base import EMPTY_DRAFT, Draft, Drafter, DraftTrie, StepResult
 
 RankPath = tuple[int, ...]
 
@@ -138,13 +138,11 @@ def build_tree(
     >>> build_tree(5, table.__getitem__, paths, template_parents(paths), budget=10)
     ([7, 9, 8], [-1, 0, -1])
     """
-    tokens: list[int] = []
-    out_parents: list[int] = []
+    trie = DraftTrie(budget)
     kept: list[int] = [-2] * len(paths)  # template index -> draft index; -2 = dropped
     node_token: list[int] = [0] * len(paths)
-    siblings: set[tuple[int, int]] = set()  # (draft parent index, token)
     for i, path in enumerate(paths):
-        if len(tokens) >= budget:
+        if trie.full:
             break
         parent = parents[i]
         if parent == -1:
@@ -155,14 +153,10 @@ def build_tree(
                 continue
             parent_token = node_token[parent]
         token = int(successors(parent_token)[path[-1]])
-        if token == UNKNOWN or (draft_parent, token) in siblings:
-            continue
-        siblings.add((draft_parent, token))
-        kept[i] = len(tokens)
-        node_token[i] = token
-        tokens.append(token)
-        out_parents.append(draft_parent)
-    return tokens, out_parents
+        node = None if token == UNKNOWN else trie.add(draft_parent, token, share=False)
+        if node is not None:
+            kept[i], node_token[i] = node, token
+    return trie.tokens, trie.parents
 
 
 class TokenRecyclingDrafter(Drafter):
@@ -215,7 +209,7 @@ class TokenRecyclingDrafter(Drafter):
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
         matrix = self.matrix
-        if budget < 1 or matrix is None or not context:
+        if matrix is None or not context:
             return EMPTY_DRAFT
         root = int(context[-1])
         if not 0 <= root < matrix.shape[0]:

@@ -45,6 +45,7 @@ class Target(Protocol):
     n_params: int
     cache_key: str  # what measured pass costs are keyed on (model, weights, device, threads)
     capabilities: Capabilities
+    backend: str  # what runs it: "transformers", "native" or "llamacpp" (a draft model runs there too)
 
     @property
     def length(self) -> int:
@@ -62,6 +63,9 @@ class Target(Protocol):
 
     def commit(self, keep: Sequence[int]) -> None:
         """Keep the inputs `keep` of the last forward (a path from input 0, or empty)."""
+
+    def commit_all(self) -> None:
+        """Keep every input of the last forward (a chain)."""
 
     def trim(self, length: int) -> None:
         """Drop committed tokens beyond `length`."""

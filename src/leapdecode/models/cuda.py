@@ -208,6 +208,7 @@ class StaticTarget:
 
     # ---- the Target protocol ------------------------------------------------------------
     capabilities = Capabilities(hf_model=True)  # `.model` is the transformers model itself
+    backend = "transformers"
 
     @property
     def cache_key(self) -> str:

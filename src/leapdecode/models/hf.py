@@ -80,6 +80,7 @@ class HFTarget:
     """A transformers causal LM as a Target: forward(tokens, depths, mask) -> logits, commit, trim."""
 
     capabilities = Capabilities(hf_model=True)
+    backend = "transformers"
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any = None):
         """tokenizer: adds its eos token to the model config's (optional)."""

@@ -132,6 +132,7 @@ class LlamaCppTarget:
 
     device = "cpu"
     capabilities = Capabilities(hf_model=False)
+    backend = "llamacpp"
 
     def __init__(self, gguf: str | Path, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX,
                  max_branches: int = MAX_BRANCHES, flash_attn: bool = True, tokenizer: Any = None):
@@ -365,7 +366,7 @@ def _free(lib: ModuleType, batch: Any, ctx: Any, model: Any) -> None:
     lib.llama_model_free(model)
 
 
-# ---- building an engine ---------------------------------------------------------------------
+# ---- loading ------------------------------------------------------------------------------
 def locate_gguf(model: str) -> Path:
     """The GGUF file of a packaged model name or a .gguf path; ValueError for anything else."""
     from .packaged import PACKAGED, gguf_path
@@ -399,15 +400,14 @@ def load_tokenizer(model: str, gguf: Path) -> Any:
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
 
 
-def load_llamacpp(model: str, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX) -> Any:
-    """An Engine whose target is llama.cpp running `model` (a packaged name or a .gguf file).
+def load_llamacpp(model: str, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX,
+                  max_branches: int = MAX_BRANCHES) -> tuple[LlamaCppTarget, Any]:
+    """(target, tokenizer): llama.cpp running `model` (a packaged name or a .gguf file).
 
     threads: llama.cpp threads for single tokens and batches (default: torch.get_num_threads()).
     """
-    from ..engine import Engine
-
     require_llama_cpp()  # fail on a missing package before touching any file
     gguf = locate_gguf(model)
     tokenizer = load_tokenizer(model, gguf)
-    target = LlamaCppTarget(gguf, threads=threads, n_ctx=n_ctx, tokenizer=tokenizer)
-    return Engine(target, tokenizer, name=model)
+    target = LlamaCppTarget(gguf, threads=threads, n_ctx=n_ctx, max_branches=max_branches, tokenizer=tokenizer)
+    return target, tokenizer

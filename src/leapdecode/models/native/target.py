@@ -25,6 +25,11 @@ PREFILL_CHUNK = 256
 
 
 class NativeTarget:
+    """leapdecode's own CPU runtime as a Target: a static KV cache by slot, C kernels whose rows
+    compute the same whatever the pass width (see docs/runtime.md)."""
+
+    backend = "native"
+
     def __init__(self, directory: Path, dtype: str = "bfloat16", max_len: int = 4096, threads: int | None = None):
         if dtype not in ops.FORMATS:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(ops.FORMATS)}")
