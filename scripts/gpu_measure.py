@@ -152,7 +152,7 @@ def check() -> dict[str, Any]:
             t.commit([0])
         both(list(range(100, 130)), torch.arange(30), None)  # no graph: eager, with a warning
         result[mode] = {"max_abs_diff": worst, "ok": worst < 1e-3, "seconds": time.perf_counter() - start,
-                        "capture_s": st.capture_s, "compactions_done": st._slots == list(range(st.length))}
+                        "capture_s": st.capture_s, "compactions_done": st.compact_cache}
         log(f"check {mode}: max |diff| {worst:.2e} ({'PASS' if worst < 1e-3 else 'FAIL'})")
     return result
 
@@ -199,9 +199,9 @@ def time_passes(target: Any, ks: tuple[int, ...], reps: int = 30, context: int =
         for _ in range(reps):
             step()
         row = {"call_ms": (time.perf_counter() - start) / reps * 1e3}
-        graph = target._passes.get(k)
-        if graph is not None and graph.graph is not None:
-            row["replay_ms"] = _median_ms(graph.graph.replay, reps)
+        graph = target.graph(k)
+        if graph is not None:
+            row["replay_ms"] = _median_ms(graph.replay, reps)
         out[k] = row
     target.reset()
     return out
@@ -290,14 +290,14 @@ def warm(max_len: int, sizes: tuple[int, ...], dynamic: bool) -> dict[str, Any]:
 
 def kernels_per_replay(target: Any, size: int) -> int | None:
     """GPU kernels in one replay of the graph of `size` (torch.profiler), None if unavailable."""
-    graph = target._passes.get(size)
-    if graph is None or graph.graph is None:
+    graph = target.graph(size)
+    if graph is None:
         return None
     try:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            graph.graph.replay()
+            graph.replay()
             sync()
         return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
     except Exception as err:  # the profiler is a nicety here

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 
 def load(model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu",
-         max_len: int = 4096, backend: str = "transformers") -> Engine:
+         max_len: int = 4096, backend: str = "transformers", batch: int = 1) -> Engine:
     """An Engine over a packaged model name, a transformers directory or a GGUF file.
 
     backend "transformers" (or "hf"): on "cuda" the target is a StaticTarget (static KV cache,
@@ -32,8 +32,11 @@ def load(model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu
     backend "llamacpp" runs a GGUF model (a packaged name or a .gguf file) with llama.cpp on the
     CPU instead, in the file's own quantization, with torch.get_num_threads() threads and a
     context of `max_len` tokens.
+
+    batch > 1 (native runtime): that many requests decode at once, their passes shared, each
+    output bitwise its solo one (`Engine.generate_many`, `Engine.session`, `leapdecode serve`).
     """
-    target, tokenizer = load_target(model, backend, dtype, device, max_len)
+    target, tokenizer = load_target(model, backend, dtype, device, max_len, batch=batch)
     return Engine(target, tokenizer, name=model)
 
 

@@ -18,9 +18,9 @@ from typing import Sequence
 import torch
 
 CANDIDATES = (*range(33), 40, 48, 64, 80, 96, 128)
-# Pass sizes measured: every size up to 33, where the cost need not be monotonic (the GEMM kernel is
-# chosen by shape: here a float32 pass of 3 inputs cost 88 ms against 68 ms for 4 and 61 ms for 5),
-# then sparser, interpolated in between.
+# Pass sizes measured: every size up to 33, where the cost need not be monotonic (a BLAS library
+# picks its GEMM kernel by shape, so a pass of 3 inputs can cost more than one of 5), then sparser,
+# interpolated in between.
 MEASURED = (*range(1, 34), 41, 49, 65, 97, 129)
 DECAY = 0.98  # per step: recent steps weigh more, so the estimate follows the text
 IDLE_DECAY = 0.995  # per step, for nodes not drafted in it

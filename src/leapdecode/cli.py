@@ -140,7 +140,7 @@ def _try_add(name: str, sub: Any) -> None:
     """Sub-commands that live in their own modules register through an `add_parser` there."""
     import importlib
 
-    module = {"bench": ".bench.cli", "diversity": ".decoding.bench", "index": ".drafters.index_cli",
+    module = {"bench": ".bench.cli", "diversity": ".bench.diversity", "index": ".drafters.index_cli",
               "profile": ".bench.profile", "serve": ".server.cli"}[name]
     try:
         importlib.import_module(module, __package__).add_parser(sub)

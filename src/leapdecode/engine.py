@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -152,6 +154,46 @@ class Engine:
             )
         return Stream(self, ids, config, drafter)
 
+    @property
+    def slots(self) -> int:
+        """Requests that can decode at once, their passes shared (1 on a target without sequences)."""
+        return max(1, getattr(self.target, "sequences", 1) - 1)
+
+    @contextmanager
+    def session(self) -> Iterator["Engine"]:
+        """An engine for one request. On a target with sequences (the native runtime's batching,
+        models/native/batch.py) it runs on a free sequence whose passes join the other open
+        sessions', each request's output bitwise its solo output; elsewhere it is this engine."""
+        if self.slots < 2:
+            yield self
+            return
+        with self.target.open_sequence() as sequence:
+            engine = Engine(sequence, self.tokenizer, self.name)
+            engine._pass_costs = self._pass_costs
+            yield engine
+
+    def generate_many(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        config: GenerationConfig | None = None,
+        method: str = DEFAULT_METHOD,
+        chat: bool = True,
+        **options: Any,
+    ) -> list[Generation]:
+        """Generate for every prompt, as many at once as the target has sequences (each with its
+        own drafter and cache; together in each pass); one after another on other targets."""
+        if isinstance(method, Drafter):
+            raise ValueError("generate_many builds a drafter per prompt: pass the method's name, not an instance")
+
+        def one(prompt: str | Sequence[int]) -> Generation:
+            with self.session() as engine:
+                return engine.generate(prompt, config, method, chat, **options)
+
+        if self.slots < 2 or len(prompts) < 2:
+            return [one(p) for p in prompts]
+        with ThreadPoolExecutor(min(self.slots, len(prompts)), thread_name_prefix="leapdecode-batch") as pool:
+            return list(pool.map(one, prompts))
+
     def pass_costs(self) -> dict[int, float]:
         """Seconds per verification pass by number of inputs, measured once per machine setup."""
         from .models.registry import cache_dir
@@ -172,6 +214,7 @@ class Engine:
         generator = None if greedy else make_generator(config.sampling.seed)
         auto = AutoBudget(self.pass_costs()) if config.budget == "auto" else None
         budget = config.budget or drafter.default_budget
+        cap = getattr(target, "draft_cap", None)
 
         start = time.perf_counter()
         target.reset()
@@ -186,6 +229,8 @@ class Engine:
             # never draft past max_new_tokens: the bonus always comes on top of the draft
             remaining = config.max_new_tokens - (len(context) - len(prompt_ids)) - 1
             limit = max(0, min(auto.choose() if auto else budget, room, remaining))
+            if cap is not None:  # a batching target shares each pass among the requests
+                limit = min(limit, cap())
             draft = _clean(drafter.propose(context, limit), target.vocab_size, limit) if limit else EMPTY_DRAFT
             layout = tree.layout(draft)
             inputs = [context[-1], *draft.tokens]

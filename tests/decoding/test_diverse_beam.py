@@ -7,7 +7,7 @@ import torch
 from leapdecode.decoding import BeamConfig, DiverseBeamConfig, beam_search, decode, diverse_beam_search
 from leapdecode.decoding.beam import BeamGroup
 from leapdecode.decoding.diverse_beam import hamming_penalty, ngram_penalty
-from leapdecode.decoding.metrics import distinct_n
+from leapdecode.bench.text_metrics import distinct_n
 
 
 def test_hamming_counts_earlier_choices():

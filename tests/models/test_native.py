@@ -304,6 +304,21 @@ def test_draft_model_on_the_native_runtime(targets, tokenizer):
     assert out.stats.steps < plain.stats.steps  # the int8 twin agrees with the bf16 target often
 
 
+def test_a_named_draft_model_runs_like_its_target(targets, tokenizer):
+    from leapdecode.drafters.draft_model import DraftModelDrafter
+    from leapdecode.models.native import NativeTarget
+    from leapdecode.sampling import SamplingParams
+
+    engine = Engine(targets["bfloat16"], tokenizer, name="smollm2-135m")
+    assert (engine.info.backend, engine.info.dtype) == ("native", "bfloat16")
+    drafter = DraftModelDrafter("smollm2-135m")
+    drafter.configure(SamplingParams(), engine.info)
+    assert isinstance(drafter.lm.lm, NativeTarget) and drafter.lm.lm.dtype == "bfloat16"
+    explicit = DraftModelDrafter("smollm2-135m", backend="native", dtype="int8")
+    explicit.configure(SamplingParams(), engine.info)
+    assert explicit.lm.lm.dtype == "int8"
+
+
 def test_gemma3_float32_matches_transformers_and_bf16_drafts_are_invariant():
     """Gemma3's extra parts (post norms, q/k norms, (1 + w) norms, sliding windows with their own
     rope base, gelu, scaled embeddings) against transformers, then batch invariance in bf16."""

@@ -6,4 +6,8 @@ harness.py    the interleaved run loop (question-major), multi-turn contexts, re
 metrics.py    per-output records -> speedup, tau, tokens/s, identical (Spec-Bench's definitions)
 report.py     results.json, report.md, speedup.png
 cli.py        the `bench` sub-command
+profile.py    `leapdecode profile`: ms per pass for k widths against the weight-read floor
+diversity.py  `leapdecode diversity`: the multi-output modes' diversity, quality and cost
+text_metrics.py  distinct-n, BLEU, self-BLEU for diversity.py
+memory.py     peak memory of beam search with a shared prompt cache against per-beam copies
 """

@@ -17,8 +17,7 @@ class DraftLength:
       goes to 1). With P_i the chance that the first i drafted tokens are all accepted, a chain
       of k tokens yields 1 + P_1 + ... + P_k tokens per step in expectation.
     - the cost of a step, measured online: `draft_s` per draft pass and `verify_s[n]`, the
-      target step for n inputs. On a GPU verification is flat in n; on a CPU it grows in steps
-      (float32 Qwen2.5-1.5B, 2 threads: 1-3 inputs cost the same, 4-6 about twice that).
+      target step for n inputs. On a GPU verification is flat in n; on a CPU it grows in steps.
 
     Drafting goes on while some longer chain promises more tokens per second than stopping now,
     with the tokens not drafted yet predicted at the running acceptance rate (the online length

@@ -13,6 +13,9 @@ empty) and drops the rest, so the cache again holds committed tokens only. `trim
 committed tokens past n. Nothing else is hidden: positions are explicit, and between a forward
 and its commit no other call is allowed (`PendingGuard`).
 
+A target may also offer `draft_cap()`: the most draft nodes a step should carry now (a batching
+target shares each pass among its requests); the engine then drafts no more than that.
+
 Capabilities say what a target can do beyond that protocol, so that a mode that needs more (the
 multi-output modes read a transformers model's own cache) fails with a message before it starts.
 """

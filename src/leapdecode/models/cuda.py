@@ -197,8 +197,8 @@ class StaticTarget:
         self.dynamic = dynamic
         if self.compile:
             # dynamic: one compiled graph for every size >= 2 (size 1 is specialised by dynamo anyway);
-            # static: one per size. On an H100 both ran SmolLM2-135M passes equally fast (2.36 ms at
-            # k = 16), and dynamic compiled in 90 s where five static sizes took 196 s.
+            # static: one per size. Both replay equally fast; dynamic compiles in about half the
+            # time (docs/gpu.md, "What was tried and did not help").
             self._step_fn = torch.compile(self._step, fullgraph=True, dynamic=None if dynamic else False)
         self._passes: dict[int, _Pass] = {}
         self._pool = None
@@ -217,6 +217,16 @@ class StaticTarget:
     def captured_sizes(self) -> list[int]:
         """The pass sizes whose graphs (or padded passes) exist so far, ascending."""
         return sorted(self._passes)
+
+    def graph(self, size: int) -> Any:
+        """The CUDA graph captured for passes of `size` inputs (torch.cuda.CUDAGraph), or None."""
+        captured = self._passes.get(size)
+        return None if captured is None else captured.graph
+
+    @property
+    def compact_cache(self) -> bool:
+        """True when the committed tokens sit in slots 0..length-1 (after `compact`)."""
+        return self._slots == list(range(self.length))
 
     def reset(self) -> None:
         self.length = 0  # committed tokens

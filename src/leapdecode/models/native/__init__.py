@@ -12,7 +12,7 @@ __all__ = ["NativeTarget", "load_native", "unsupported_reason"]
 
 
 def load_native(directory: Path, dtype: str = "bfloat16", device: str = "cpu", max_len: int = 4096,
-                threads: int | None = None) -> NativeTarget:
+                threads: int | None = None, sequences: int = 1) -> NativeTarget:
     if dtype not in FORMATS:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(FORMATS)}")
     if device != "cpu":
@@ -20,4 +20,4 @@ def load_native(directory: Path, dtype: str = "bfloat16", device: str = "cpu", m
     reason = unsupported_reason(Path(directory))
     if reason:
         raise ValueError(reason)
-    return NativeTarget(Path(directory), dtype, max_len, threads)
+    return NativeTarget(Path(directory), dtype, max_len, threads, sequences)

@@ -1,9 +1,11 @@
 """NativeTarget: the Target protocol (models/base.py) on leapdecode's own kernels.
 
-The cache is static, by slot: [layer, kv_head, slot, head_dim] float32 for max_len tokens. A pass
-writes its inputs' K/V at slots length..length+n-1; commit copies the kept path down into
-consecutive slots, so the cache always holds the committed tokens in order, and a token's attention
-is bitwise the same computed in a chain, a tree, or alone after its ancestors were committed.
+The cache is static, by slot: [layer, kv_head, slot, head_dim] float32, one region of max_len
+slots per sequence. A pass writes a sequence's inputs' K/V at the slots after its committed ones;
+commit copies the kept path down into consecutive slots, so a region always holds its committed
+tokens in order, and a token's attention is bitwise the same computed in a chain, a tree, alone
+after its ancestors were committed, or in a pass with other sequences' inputs (batch.py).
+The target itself is the Target protocol on sequence 0; `open_sequence` hands out the others.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,13 +28,34 @@ from .model import Model, load_model
 PREFILL_CHUNK = 256
 
 
+class Region:
+    """One sequence's slots of the cache: start..start+max_len-1, the first `length` committed."""
+
+    def __init__(self, index: int, start: int):
+        self.index, self.start, self.length, self.guard = index, start, 0, PendingGuard()
+
+
+@dataclass
+class Part:
+    """One sequence's inputs in a pass (see `NativeTarget.run`)."""
+
+    region: Region
+    tokens: list[int]
+    depths: torch.Tensor
+    mask: torch.Tensor | None
+    head: bool  # logits wanted (False: a prefill chunk)
+
+
 class NativeTarget:
     """leapdecode's own CPU runtime as a Target: a static KV cache by slot, C kernels whose rows
     compute the same whatever the pass width (see docs/runtime.md)."""
 
     backend = "native"
 
-    def __init__(self, directory: Path, dtype: str = "bfloat16", max_len: int = 4096, threads: int | None = None):
+    def __init__(self, directory: Path, dtype: str = "bfloat16", max_len: int = 4096, threads: int | None = None,
+                 sequences: int = 1):
+        """max_len: slots per sequence; sequences: regions of the cache (1 + the sequences that
+        `open_sequence` can hand out at once)."""
         if dtype not in ops.FORMATS:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(ops.FORMATS)}")
         self.directory, self.dtype = Path(directory), dtype
@@ -45,30 +70,45 @@ class NativeTarget:
         self.n_params = m.n_params
         self.cache_key = f"{self.directory}|{dtype}|threads={self.threads}|native"
         self.capabilities = Capabilities(trimmable=True, tree=True, hf_model=False, batch_invariant=True)
-        shape = (len(m.layers), m.kv_heads, max_len, m.head_dim)
+        if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
+            raise ValueError(f"sequences must be an integer >= 1, got {sequences!r}")
+        self.sequences = sequences
+        shape = (len(m.layers), m.kv_heads, sequences * max_len, m.head_dim)
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)  # [layer, kv_head, slot, d]
-        self._c_model, self._keep = _c_model(m, self.k_cache, self.v_cache, max_len)
-        self._length, self.guard = 0, PendingGuard()
+        self._c_model, self._keep = _c_model(m, self.k_cache, self.v_cache, max_len, sequences * max_len)
+        self.regions = [Region(i, i * max_len) for i in range(sequences)]
+        self._own = self.regions[0]
+        self.guard = self._own.guard
+        self._batcher: Any = None
 
     @property
     def length(self) -> int:
-        return self._length
+        return self._own.length
 
     def reset(self) -> None:
-        self._length = 0
+        self._own.length = 0
         self.guard.clear()
+
+    def open_sequence(self) -> AbstractContextManager:
+        """A context manager giving a free sequence (a Target of its own) whose passes run
+        together with the other open sequences' (batch.py); RuntimeError when none is free."""
+        if self._batcher is None:
+            from .batch import Batcher
+
+            self._batcher = Batcher(self)
+        return self._batcher.sequence()
 
     @torch.inference_mode()
     def prefill(self, tokens: Sequence[int]) -> None:
         for start in range(0, len(tokens), PREFILL_CHUNK):
             chunk = list(tokens[start:start + PREFILL_CHUNK])
-            self._run(chunk, torch.arange(len(chunk)), None, head=False)
+            self.run([Part(self._own, chunk, torch.arange(len(chunk)), None, head=False)])
             self.commit_all()
 
     @torch.inference_mode()
     def forward(self, tokens: Sequence[int], depths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """float32 logits [n, vocab]; row j is bitwise independent of n and of the tree's shape."""
-        return self._run(list(tokens), depths, mask, head=True)
+        return self.run([Part(self._own, list(tokens), depths, mask, head=True)])[0]
 
     @property
     def weight_bytes(self) -> int:
@@ -88,48 +128,82 @@ class NativeTarget:
         return 2 * len(self.m.layers) * self.m.kv_heads * tokens * self.m.head_dim * 4
 
     def commit(self, keep: Sequence[int]) -> None:
-        self.guard.done()
-        keep, base = list(keep), self._length
+        self.commit_region(self._own, keep)
+
+    def commit_region(self, region: Region, keep: Sequence[int]) -> None:
+        """Keep the inputs `keep` of `region`'s last pass (a path from input 0, or empty)."""
+        region.guard.done()
+        keep, base = list(keep), region.start + region.length
         if keep != list(range(len(keep))):
             index = torch.tensor([base + k for k in keep])
             span = slice(base, base + len(keep))
             self.k_cache[:, :, span] = self.k_cache.index_select(2, index)  # exact copy
             self.v_cache[:, :, span] = self.v_cache.index_select(2, index)
-        self._length += len(keep)
+        region.length += len(keep)
 
     def commit_all(self) -> None:
-        self._length += self.guard.done()
+        self._own.length += self.guard.done()
 
     def trim(self, length: int) -> None:
         self.guard.check("trimming")
-        check_trim(length, self._length)
-        self._length = length
+        check_trim(length, self._own.length)
+        self._own.length = length
 
     # ---- one pass --------------------------------------------------------------------
-    def _run(self, tokens: list[int], depths: torch.Tensor, mask: torch.Tensor | None, head: bool) -> torch.Tensor | None:
-        n, base, m = len(tokens), self._length, self.m
-        if n == 0:
-            raise ValueError("forward() needs at least one token")
-        if base + n > self.max_len:
-            raise ValueError(f"the native cache holds {self.max_len} tokens; {base + n} needed (raise max_len)")
-        self.guard.check("running another")
-        positions = (depths.to(torch.int32) + base).contiguous()  # [n]
-        extra, count = _visible(mask, n, base)  # [n, e] int32 slots, [n] int32
-        x = m.embed[torch.tensor(tokens)]  # [n, hidden], an exact copy
+    @torch.inference_mode()
+    def run(self, parts: Sequence[Part]) -> list[torch.Tensor | None]:
+        """One pass over the inputs of one or more sequences; each part's float32 logits
+        [n, vocab] (None where `head` is False), bitwise what a pass of that part alone gives."""
+        order = sorted(range(len(parts)), key=lambda i: parts[i].head)  # prefill chunks first
+        slot, lo, hi, pos, extras, counts, tokens = [], [], [], [], [], [], []
+        for i in order:
+            p = parts[i]
+            n, region = len(p.tokens), p.region
+            if n == 0:
+                raise ValueError("forward() needs at least one token")
+            if region.length + n > self.max_len:
+                raise ValueError(f"the native cache holds {self.max_len} tokens per sequence; "
+                                 f"{region.length + n} needed (raise max_len)")
+            region.guard.check("running another")
+            base = region.start + region.length
+            slot += range(base, base + n)
+            lo += [region.start] * n
+            hi += [base] * n
+            pos.append(p.depths.to(torch.int32) + region.length)
+            extra, count = _visible(p.mask, n, base)
+            extras.append(extra)
+            counts.append(count)
+            tokens += p.tokens
+        width = max(e.shape[1] for e in extras)
+        extra = torch.cat([torch.nn.functional.pad(e, (0, width - e.shape[1])) for e in extras]).contiguous()
+        ints = [torch.tensor(v, dtype=torch.int32) for v in (slot, lo, hi)]
+        positions, count = torch.cat(pos).contiguous(), torch.cat(counts).contiguous()
+        m = self.m
+        x = m.embed[torch.tensor(tokens)]  # [rows, hidden], an exact copy
         if m.embed_scale != 1.0:
             x = x * m.embed_scale
         x = x.contiguous()
-        logits = torch.empty(n, self.vocab_size) if head else None
-        status = kernels().model_forward(ctypes.addressof(self._c_model), x.data_ptr(), n, base,
-                                         positions.data_ptr(), extra.data_ptr(), count.data_ptr(), extra.shape[1],
-                                         None if logits is None else logits.data_ptr())
+        head_from = sum(len(parts[i].tokens) for i in order if not parts[i].head)
+        logits = torch.empty(len(tokens) - head_from, self.vocab_size) if head_from < len(tokens) else None
+        status = kernels().model_forward(
+            ctypes.addressof(self._c_model), x.data_ptr(), len(tokens), *(t.data_ptr() for t in ints),
+            positions.data_ptr(), extra.data_ptr(), count.data_ptr(), width, head_from,
+            None if logits is None else logits.data_ptr())
         if status:
             raise MemoryError("the native pass ran out of memory")
-        self.guard.start(n)
-        return logits  # [n, vocab], or None for a prefill
+        out: list[torch.Tensor | None] = [None] * len(parts)
+        row = 0
+        for i in order:
+            n = len(parts[i].tokens)
+            parts[i].region.guard.start(n)
+            if parts[i].head:
+                out[i] = logits[row:row + n]
+                row += n
+        return out
 
 
-def _c_model(m: Model, k_cache: torch.Tensor, v_cache: torch.Tensor, max_len: int) -> tuple[ops.CModel, list]:
+def _c_model(m: Model, k_cache: torch.Tensor, v_cache: torch.Tensor, max_len: int,
+             slots: int) -> tuple[ops.CModel, list]:
     """The C view of the weights and caches; `keep` holds every tensor the struct points into."""
     keep: list = []
     tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -150,7 +224,7 @@ def _c_model(m: Model, k_cache: torch.Tensor, v_cache: torch.Tensor, max_len: in
     keep += [tables, layers]
     scale = m.attn_scale if m.attn_scale is not None else m.head_dim ** -0.5
     inter = m.layers[0].down.shape[1]
-    model = ops.CModel(len(m.layers), m.embed.shape[1], m.heads, m.kv_heads, m.head_dim, inter, max_len, m.act,
+    model = ops.CModel(len(m.layers), m.embed.shape[1], m.heads, m.kv_heads, m.head_dim, inter, slots, m.act,
                        m.eps, m.norm_offset, scale, 0, layers, m.norm.data_ptr(), ops.c_linear(m.head))
     return model, keep
 

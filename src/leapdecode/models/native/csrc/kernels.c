@@ -242,14 +242,17 @@ static inline float dot(const float *a, const float *b, int d) {
 
 /* Attention of n queries over cache slots in canonical order; d % 8 == 0.
  * q: [n, heads, d]; kc, vc: [kv_heads, max_len, d] (this layer); out: [n, heads, d].
- * Query j sees slots first..cached-1, then the slots extra[j, 0..count[j]-1] (its ancestors in the
- * pass by depth, itself last). Scores, max, exp, sum and the weighted sum run in that order, so a
- * query's result is the same whether its ancestors are in the pass or already committed.
- * window > 0 keeps only the cache slots > pos[j] - window (slot = position). */
+ * Query j sees its sequence's cached slots lo[j]..hi[j]-1 (slot lo[j] holds position 0), then the
+ * slots extra[j, 0..count[j]-1] (its ancestors in the pass by depth, itself last). Scores, max, exp,
+ * sum and the weighted sum run in that order, so a query's result is the same whether its
+ * ancestors are in the pass or already committed, and wherever its sequence sits in the cache.
+ * window > 0 keeps only the cache slots of positions > pos[j] - window. */
 void attention(const float *q, int n, int heads, int kv_heads, int d, const float *kc, const float *vc,
-               int max_len, int cached, const int *extra, const int *count, int max_extra,
+               int max_len, const int *lo, const int *hi, const int *extra, const int *count, int max_extra,
                float scale, int window, const int *pos, float *out) {
-    const int group = heads / kv_heads, cap = cached + max_extra + 1;
+    int widest = 0;
+    for (int j = 0; j < n; j++) if (hi[j] - lo[j] > widest) widest = hi[j] - lo[j];
+    const int group = heads / kv_heads, cap = widest + max_extra + 1;
     #pragma omp parallel
     {
         float *s = malloc(sizeof(float) * (size_t)cap * group);
@@ -258,11 +261,11 @@ void attention(const float *q, int n, int heads, int kv_heads, int d, const floa
         for (int jg = 0; jg < n * kv_heads; jg++) { /* one query row x one kv head (its group of q heads) */
             int j = jg / kv_heads, g = jg % kv_heads;
             const float *kb = kc + (long)g * max_len * d, *vb = vc + (long)g * max_len * d;
-            int first = 0;
-            if (window > 0 && pos[j] - window + 1 > 0) first = pos[j] - window + 1;
-            if (first > cached) first = cached;
+            int first = lo[j];
+            if (window > 0 && pos[j] - window + 1 > 0) first = lo[j] + pos[j] - window + 1;
+            if (first > hi[j]) first = hi[j];
             int m = 0;
-            for (int i = first; i < cached; i++) slot[m++] = i;
+            for (int i = first; i < hi[j]; i++) slot[m++] = i;
             for (int e = 0; e < count[j]; e++) slot[m++] = extra[j * max_extra + e];
             for (int hq = 0; hq < group; hq++) {
                 const int h = g * group + hq;
@@ -367,11 +370,14 @@ typedef struct {
 } ModelW;
 
 /* x [n, hidden]: the embedded inputs, replaced by the last hidden state (before the final norm).
- * Input j sits at position pos[j] and is written to cache slot base + j of every layer; it attends
- * to slots 0..base-1 and extra[j, 0..count[j]-1]. With `logits` [n, vocab] (else NULL, as in a
- * prefill) the final norm and the head fill it. Returns 0, or -1 if memory ran out. */
-int model_forward(const ModelW *m, float *x, int n, int base, const int *pos, const int *extra,
-                  const int *count, int max_extra, float *logits) {
+ * Input j sits at position pos[j] and is written to cache slot slot[j] of every layer; it attends
+ * to slots lo[j]..hi[j]-1 (its sequence's cache) and extra[j, 0..count[j]-1]. Inputs of several
+ * sequences may share a pass: no row's arithmetic depends on the others. With `logits`
+ * [n - head_from, vocab] (else NULL, as in a prefill) the final norm and the head fill it for
+ * inputs head_from..n-1. Returns 0, or -1 if memory ran out. */
+int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *lo, const int *hi,
+                  const int *pos, const int *extra, const int *count, int max_extra, int head_from,
+                  float *logits) {
     const int H = m->hidden, h = m->heads, kv = m->kv_heads, d = m->d, qkvw = (h + 2 * kv) * d;
     float *t1 = malloc(sizeof(float) * (size_t)n * H), *t2 = malloc(sizeof(float) * (size_t)n * H);
     float *qkv = malloc(sizeof(float) * (size_t)n * qkvw), *att = malloc(sizeof(float) * (size_t)n * h * d);
@@ -394,16 +400,16 @@ int model_forward(const ModelW *m, float *x, int n, int base, const int *pos, co
                     rope(qh, d, c, s);
                 }
                 for (int g = 0; g < kv; g++) {
-                    float *kd = L->kc + ((long)g * m->max_len + base + j) * d;
+                    float *kd = L->kc + ((long)g * m->max_len + slot[j]) * d;
                     if (L->k_norm) rmsnorm(row + (h + g) * d, 1, d, L->k_norm, m->eps, m->norm_offset, kd);
                     else memcpy(kd, row + (h + g) * d, sizeof(float) * d);
                     rope(kd, d, c, s);
-                    memcpy(L->vc + ((long)g * m->max_len + base + j) * d, row + (h + kv + g) * d, sizeof(float) * d);
+                    memcpy(L->vc + ((long)g * m->max_len + slot[j]) * d, row + (h + kv + g) * d, sizeof(float) * d);
                 }
             }
             TOC(2);
         }
-        { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, base, extra, count, max_extra, m->attn_scale,
+        { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, lo, hi, extra, count, max_extra, m->attn_scale,
                          L->window, pos, att); TOC(1); }
         linear(&L->o, att, n, t2);
         {
@@ -423,9 +429,10 @@ int model_forward(const ModelW *m, float *x, int n, int base, const int *pos, co
             TOC(2);
         }
     }
-    if (ok && logits) {
-        { TIC; rmsnorm(x, n, H, m->final_norm, m->eps, m->norm_offset, t1); TOC(2); }
-        linear(&m->head, t1, n, logits);
+    if (ok && logits && head_from < n) {
+        const int rows = n - head_from;
+        { TIC; rmsnorm(x + (long)head_from * H, rows, H, m->final_norm, m->eps, m->norm_offset, t1); TOC(2); }
+        linear(&m->head, t1, rows, logits);
     }
     free(t1); free(t2); free(qkv); free(att); free(gu); free(act); free(q);
     return ok ? 0 : -1;

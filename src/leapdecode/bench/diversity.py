@@ -20,12 +20,12 @@ import json
 import time
 from typing import Any, Callable, Sequence
 
-from . import decode
-from .metrics import best_of_n_bleu, distinct_n, self_bleu
-from ..bench.questions import Question, default_questions_path, select_questions
-from ..bench.questions import load_questions as read_questions
+from ..decoding import decode
 from ..models.base import hf_model_of
 from ..options import add_model_args
+from .questions import Question, default_questions_path, select_questions
+from .questions import load_questions as read_questions
+from .text_metrics import best_of_n_bleu, distinct_n, self_bleu
 
 BENCH_MODES = ("beam", "diverse-beam", "superposed", "sample", "sample-seq")
 

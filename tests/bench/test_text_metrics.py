@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from leapdecode.decoding.metrics import best_of_n_bleu, bleu, distinct_n, self_bleu, words
+from leapdecode.bench.text_metrics import best_of_n_bleu, bleu, distinct_n, self_bleu, words
 
 
 def test_words():

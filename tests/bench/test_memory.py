@@ -2,7 +2,7 @@
 
 import pytest
 
-from leapdecode.decoding.memory import compare
+from leapdecode.bench.memory import compare
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 import argparse
 
 from leapdecode.bench.questions import Question, first_references
-from leapdecode.decoding.bench import BENCH_MODES, load_questions, run_bench, table
+from leapdecode.bench.diversity import BENCH_MODES, load_questions, run_bench, table
 
 
 def test_question_selection_and_references():

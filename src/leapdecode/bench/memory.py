@@ -1,6 +1,6 @@
 """Peak memory of beam search with a shared prompt cache against one prompt copy per beam.
 
-    python -m leapdecode.decoding.memory --prompt-tokens 2000 --beams 8
+    python -m leapdecode.bench.memory --prompt-tokens 2000 --beams 8
 
 Each variant runs in a fresh process (so that memory freed by one cannot be reused by the
 other): load the model, prefill the prompt once, reset the kernel's peak-RSS mark (Linux
@@ -19,8 +19,9 @@ import gc
 import json
 import subprocess
 import sys
-from ..models.base import hf_model_of
 from typing import Any
+
+from ..models.base import hf_model_of
 
 MIB = 1 << 20
 
@@ -43,7 +44,7 @@ def _release_free_heap() -> None:
 
 def _prompt(tokenizer: Any, n: int) -> list[int]:
     """n tokens of real text: the dev questions, concatenated."""
-    from .bench import load_questions
+    from .diversity import load_questions
 
     text = " ".join(q.turns[0] for q in load_questions(per_subtask=40))
     ids = tokenizer(text)["input_ids"]
@@ -58,7 +59,7 @@ def measure(model_name: str, prompt_tokens: int, beams: int, steps: int, copy_pr
     import torch
 
     from .. import load
-    from .beam import BeamGroup, run_groups
+    from ..decoding.beam import BeamGroup, run_groups
 
     torch.set_num_threads(threads)
     engine = load(model_name, "float32")
@@ -93,7 +94,7 @@ def compare(model_name: str = "smollm2-135m", prompt_tokens: int = 2000, beams: 
     """Both variants, each in its own process."""
     results = {}
     for copy in (False, True):
-        cmd = [sys.executable, "-m", "leapdecode.decoding.memory", "--worker", "--model", model_name,
+        cmd = [sys.executable, "-m", "leapdecode.bench.memory", "--worker", "--model", model_name,
                "--prompt-tokens", str(prompt_tokens), "--beams", str(beams), "--steps", str(steps),
                "--threads", str(threads)] + (["--copy"] if copy else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

@@ -1,0 +1,150 @@
+"""Several requests in one pass: sequences of a shared NativeTarget that batch their passes.
+
+    target = NativeTarget(directory, "bfloat16", max_len=2048, sequences=17)
+    with target.open_sequence() as seq:      # a Target of its own: one region of the cache
+        Engine(seq, tokenizer).generate(...)  # on its own thread, beside the others
+
+Each open sequence is a full Target (reset, prefill, forward, commit, trim) over its own region
+of the cache. Its `forward` (and each chunk of its prefill) waits until every open sequence has
+handed in its inputs, then one of them runs a single pass over all of them (`NativeTarget.run`)
+and each gets its own rows back. The runtime's rows do not depend on the pass (width, tree shape,
+the other sequences' inputs, where the region sits), so every sequence's output is bitwise its
+solo output. A sequence that is busy elsewhere (drafting, decoding text) holds the pass back
+until it hands in its inputs or closes; that is the price of a lockstep batch.
+
+`draft_cap` shares a pass among the sequences: with `rows` rows per pass and s open sequences,
+each drafts at most rows // s - 1 nodes, so that more requests mean shorter drafts rather than
+slower passes.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import torch
+
+from ..base import check_trim
+
+if TYPE_CHECKING:
+    from .target import NativeTarget, Part, Region
+
+PREFILL_CHUNK = 64  # prompt tokens per pass while other sequences decode beside it
+ROWS = 32  # rows per pass that `draft_cap` shares among the open sequences
+
+
+class Batcher:
+    """Hands out the sequences of a NativeTarget and runs their passes together."""
+
+    def __init__(self, target: "NativeTarget", rows: int = ROWS):
+        self.target = target
+        self.rows = rows
+        self._free = list(target.regions[1:])  # region 0 is the target's own (its Target protocol)
+        self._open: set[SequenceTarget] = set()
+        self._pending: dict[SequenceTarget, list] = {}  # sequence -> [part, result, error, done]
+        self._cond = threading.Condition()
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    @contextmanager
+    def sequence(self) -> Iterator["SequenceTarget"]:
+        with self._cond:
+            if not self._free:
+                raise RuntimeError(f"all {len(self.target.regions) - 1} sequences are in use")
+            seq = SequenceTarget(self, self._free.pop())
+            self._open.add(seq)
+        try:
+            yield seq
+        finally:
+            with self._cond:
+                self._open.discard(seq)
+                self._pending.pop(seq, None)
+                seq.region.guard.clear()
+                self._free.append(seq.region)
+                self._maybe_run()
+
+    def run(self, seq: "SequenceTarget", part: "Part") -> torch.Tensor | None:
+        """Hand in `part` and wait for the pass that carries it; its rows' logits (or None)."""
+        with self._cond:
+            slot = [part, None, None, False]
+            self._pending[seq] = slot
+            self._maybe_run()
+            while not slot[3]:
+                self._cond.wait()
+        if slot[2] is not None:
+            raise slot[2]
+        return slot[1]
+
+    def _maybe_run(self) -> None:
+        """Run the pass once every open sequence has handed in its inputs (lock held)."""
+        if not self._pending or len(self._pending) < len(self._open):
+            return
+        slots = list(self._pending.values())
+        self._pending.clear()
+        try:
+            results = self.target.run([s[0] for s in slots])
+            for s, result in zip(slots, results):
+                s[1] = result
+        except Exception as err:  # every sequence of the pass sees the error
+            for s in slots:
+                s[2] = err
+        for s in slots:
+            s[3] = True
+        self._cond.notify_all()
+
+    def draft_cap(self) -> int:
+        return max(0, self.rows // max(1, len(self._open)) - 1)
+
+
+class SequenceTarget:
+    """One region of a NativeTarget's cache as a Target; its passes join the open sequences'."""
+
+    backend = "native"
+
+    def __init__(self, batcher: Batcher, region: "Region"):
+        owner = batcher.target
+        self.batcher, self.region, self.owner = batcher, region, owner
+        self.vocab_size, self.context_window = owner.vocab_size, owner.context_window
+        self.eos_ids, self.n_params, self.dtype = owner.eos_ids, owner.n_params, owner.dtype
+        self.cache_key, self.capabilities = owner.cache_key, owner.capabilities
+        region.length = 0
+        region.guard.clear()
+
+    @property
+    def length(self) -> int:
+        return self.region.length
+
+    def reset(self) -> None:
+        self.region.length = 0
+        self.region.guard.clear()
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        from .target import Part
+
+        for start in range(0, len(tokens), PREFILL_CHUNK):
+            chunk = list(tokens[start:start + PREFILL_CHUNK])
+            self.batcher.run(self, Part(self.region, chunk, torch.arange(len(chunk)), None, head=False))
+            self.commit_all()
+
+    def forward(self, tokens: Sequence[int], depths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        from .target import Part
+
+        return self.batcher.run(self, Part(self.region, list(tokens), depths, mask, head=True))
+
+    def commit(self, keep: Sequence[int]) -> None:
+        self.owner.commit_region(self.region, keep)
+
+    def commit_all(self) -> None:
+        self.region.length += self.region.guard.done()
+
+    def trim(self, length: int) -> None:
+        self.region.guard.check("trimming")
+        check_trim(length, self.region.length)
+        self.region.length = length
+
+    def draft_cap(self) -> int:
+        """The most draft nodes a step may carry now (the pass's rows shared by the open sequences)."""
+        return self.batcher.draft_cap()
