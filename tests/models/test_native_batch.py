@@ -94,3 +94,26 @@ def test_a_pass_waits_for_every_open_sequence_and_a_close_releases_it(batched):
         batched.open_sequence().__enter__()
     for o in opened:
         o.__exit__(None, None, None)
+
+
+def test_sequences_opened_at_once_get_distinct_regions_and_a_bad_part_fails_alone(batched):
+    barrier, got, errors = threading.Barrier(4), [], []
+
+    def open_and_prefill(tokens):
+        barrier.wait(10)
+        with batched.open_sequence() as seq:
+            got.append(seq.region.index)
+            try:
+                seq.prefill(tokens)
+                seq.forward([1] * 600, torch.arange(600), None)  # past this sequence's 512 slots
+            except ValueError as err:
+                errors.append(str(err))
+            barrier.wait(10)  # every sequence stays open until all four have run
+
+    threads = [threading.Thread(target=open_and_prefill, args=([5 + i] * (3 + i),)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got) == [1, 2, 3, 4]
+    assert len(errors) == 4 and all("holds 512 tokens per sequence" in e for e in errors)

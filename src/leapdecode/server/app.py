@@ -58,6 +58,7 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     request_timeout: float | None = None,
+    workers: int = 1,
 ) -> FastAPI:
     """A FastAPI app serving `engine` (or the engine a factory returns at startup).
 
@@ -66,12 +67,14 @@ def create_app(
     (DNS rebinding: a web page cannot reach a loopback server through a name it controls).
     max_body_bytes: larger bodies are a 413, refused before they are read whole.
     request_timeout: seconds a request may run on the worker; then it stops with a 504 / error event.
+    workers: requests decoded at once (each on a session of the engine: on a batching target their
+    passes are shared, `leapdecode serve --batch`); more wait in the queue.
     """
     if method not in DRAFTERS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(DRAFTERS)}")
     if method in NEEDS_OPTIONS:
         raise ValueError(NEEDS_OPTIONS[method])
-    server = Server(engine, model_name, method, Scheduler(max_queue))
+    server = Server(engine, model_name, method, Scheduler(max_queue, workers))
     server.request_timeout = request_timeout
 
     @asynccontextmanager
@@ -116,12 +119,12 @@ def create_app(
     async def health() -> dict[str, Any]:
         scheduler = server.scheduler
         return {"status": "ok", "model": server.model_name, "queue_depth": scheduler.depth,
-                "running": int(scheduler.running is not None)}
+                "running": len(scheduler.running)}
 
     @app.get("/metrics")
     async def metrics() -> Response:
         scheduler = server.scheduler
-        text = server.metrics.render(scheduler.depth, int(scheduler.running is not None), scheduler.dropped)
+        text = server.metrics.render(scheduler.depth, len(scheduler.running), scheduler.dropped)
         return Response(text, media_type=CONTENT_TYPE)
 
     return app
@@ -198,7 +201,10 @@ class Server:
         """What the worker thread does for `gen`; it reports through job events."""
 
         def work(job: Job) -> None:
-            engine = self.engine
+            with self.engine.session() as engine:
+                run(job, engine)
+
+        def run(job: Job, engine: Engine) -> None:
             deadline = None if self.request_timeout is None else time.monotonic() + self.request_timeout
             ids = _encode(engine, gen)
             stream = engine.stream(ids, gen.config, gen.method, chat=False)

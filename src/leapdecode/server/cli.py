@@ -16,6 +16,8 @@ from typing import Any
 from ..drafters import DEFAULT_METHOD, DRAFTERS
 from ..options import add_model_args, resolve_backend, set_threads
 
+DEFAULT_BATCH = 8
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -28,6 +30,9 @@ def add_parser(sub: Any) -> None:
                    help=f"default drafter; a request may name another in `method`: {', '.join(DRAFTERS)}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help=f"requests decoded at once, their passes shared (native runtime; default {DEFAULT_BATCH}; "
+                   "1 = one at a time). Each holds its own KV cache")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for the model; more are answered 429 (default 64)")
     p.add_argument("--api-key", default=None,
@@ -52,6 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-queue must be >= 1, got {args.max_queue}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.batch is not None and not 1 <= args.batch <= 256:
+        raise ValueError(f"--batch must be in [1, 256], got {args.batch}")
     from .. import validate
     from .app import MAX_BODY_BYTES, NEEDS_OPTIONS
 
@@ -76,13 +83,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     try:
         backend = resolve_backend(args, notice=lambda line: print(line, file=sys.stderr))
-        engine = load(args.model, args.dtype, args.device, backend=backend)
+        batch = args.batch or (DEFAULT_BATCH if backend == "native" else 1)
+        if batch > 1 and backend != "native":
+            print(f"--batch {batch}: only the native runtime decodes requests together; serving one at a time",
+                  file=sys.stderr)
+            batch = 1
+        engine = load(args.model, args.dtype, args.device, backend=backend, batch=batch)
     except BaseException:
         sock.close()
         raise
     app = create_app(engine, model_name=args.model, method=args.method, max_queue=args.max_queue,
                      api_key=api_key, allowed_hosts=allowed_hosts(args.host, args.allowed_host),
-                     max_body_bytes=body_limit, request_timeout=timeout)
+                     max_body_bytes=body_limit, request_timeout=timeout, workers=engine.slots)
     config = uvicorn.Config(app, log_level=args.log_level)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

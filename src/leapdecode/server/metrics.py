@@ -64,7 +64,7 @@ class Metrics:
                 ("cancelled_generations_total", "counter",
                  "generations stopped early because the client disconnected", {(): self.cancelled}),
                 ("queue_depth", "gauge", "requests waiting for the worker", {(): queue_depth}),
-                ("requests_running", "gauge", "requests being decoded (0 or 1)", {(): running}),
+                ("requests_running", "gauge", "requests being decoded", {(): running}),
                 ("dropped_requests_total", "counter",
                  "queued requests whose client disconnected before they ran", {(): dropped}),
             ]

@@ -1,4 +1,7 @@
-"""One engine, one KV cache: requests run strictly one at a time on a single worker thread.
+"""A bounded wait queue in front of `workers` worker threads (1: strictly one request at a time).
+
+With workers > 1 (an engine whose target decodes several requests at once, Engine.session) each
+running request has a thread of its own and the target batches their passes.
 
     job = scheduler.submit(work)     # QueueFull when max_queue jobs already wait
     kind, value = await job.next()   # events the work emits from the worker thread
@@ -64,17 +67,21 @@ class Job:
 
 
 class Scheduler:
-    """A bounded wait queue in front of a single worker thread."""
+    """A bounded wait queue in front of `workers` worker threads."""
 
-    def __init__(self, max_queue: int = 64):
+    def __init__(self, max_queue: int = 64, workers: int = 1):
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be an integer >= 1, got {max_queue!r}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
         self.max_queue = max_queue
+        self.workers = workers
         self._waiting: deque[Job] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self.running: Job | None = None
+        self.running: set[Job] = set()
+        self._runs: set[asyncio.Future] = set()
         # lifetime counters: every submitted job ends as exactly one of run or dropped
         self.submitted = self.started = self.dropped = 0
 
@@ -85,18 +92,18 @@ class Scheduler:
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leapdecode-worker")
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="leapdecode-worker")
         self._task = asyncio.create_task(self._serve())
 
     async def stop(self) -> None:
         """Cancel every job, let the running one reach its next check, and end the worker."""
         for job in list(self._waiting):
             job.cancel()
-        if self.running is not None:
-            self.running.cancel()
+        for job in list(self.running):
+            job.cancel()
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.gather(self._task, *self._runs, return_exceptions=True)
         if self._executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
@@ -125,13 +132,18 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         assert self._wake is not None
         while True:
-            while not self._waiting:
+            while not self._waiting or len(self.running) >= self.workers:
                 self._wake.clear()
                 await self._wake.wait()
             job = self._waiting.popleft()
             self.started += 1
-            self.running = job
-            try:
-                await loop.run_in_executor(self._executor, job.run)
-            finally:
-                self.running = None
+            self.running.add(job)
+            run = loop.run_in_executor(self._executor, job.run)
+            self._runs.add(run)
+            run.add_done_callback(lambda done, job=job: self._finished(job, done))
+
+    def _finished(self, job: Job, run: asyncio.Future) -> None:
+        self.running.discard(job)
+        self._runs.discard(run)
+        assert self._wake is not None
+        self._wake.set()

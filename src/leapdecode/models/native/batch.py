@@ -82,13 +82,19 @@ class Batcher:
         """Run the pass once every open sequence has handed in its inputs (lock held)."""
         if not self._pending or len(self._pending) < len(self._open):
             return
-        slots = list(self._pending.values())
+        slots = []
+        for s in self._pending.values():  # a part that cannot run fails alone
+            try:
+                self.target.check_part(s[0])
+                slots.append(s)
+            except (ValueError, RuntimeError) as err:
+                s[2], s[3] = err, True
         self._pending.clear()
         try:
-            results = self.target.run([s[0] for s in slots])
+            results = self.target.run([s[0] for s in slots]) if slots else []
             for s, result in zip(slots, results):
                 s[1] = result
-        except Exception as err:  # every sequence of the pass sees the error
+        except Exception as err:  # out of memory, say: every sequence of the pass sees it
             for s in slots:
                 s[2] = err
         for s in slots:

@@ -79,7 +79,9 @@ class NativeTarget:
         self.regions = [Region(i, i * max_len) for i in range(sequences)]
         self._own = self.regions[0]
         self.guard = self._own.guard
-        self._batcher: Any = None
+        from .batch import Batcher
+
+        self._batcher = Batcher(self)  # made here, once: two threads must never make two
 
     @property
     def length(self) -> int:
@@ -92,10 +94,6 @@ class NativeTarget:
     def open_sequence(self) -> AbstractContextManager:
         """A context manager giving a free sequence (a Target of its own) whose passes run
         together with the other open sequences' (batch.py); RuntimeError when none is free."""
-        if self._batcher is None:
-            from .batch import Batcher
-
-            self._batcher = Batcher(self)
         return self._batcher.sequence()
 
     @torch.inference_mode()
@@ -150,6 +148,16 @@ class NativeTarget:
         self._own.length = length
 
     # ---- one pass --------------------------------------------------------------------
+    def check_part(self, part: Part) -> None:
+        """The errors a part would raise in `run` (ValueError, RuntimeError), before any pass."""
+        n, region = len(part.tokens), part.region
+        if n == 0:
+            raise ValueError("forward() needs at least one token")
+        if region.length + n > self.max_len:
+            raise ValueError(f"the native cache holds {self.max_len} tokens per sequence; "
+                             f"{region.length + n} needed (raise max_len)")
+        region.guard.check("running another")
+
     @torch.inference_mode()
     def run(self, parts: Sequence[Part]) -> list[torch.Tensor | None]:
         """One pass over the inputs of one or more sequences; each part's float32 logits
@@ -158,13 +166,8 @@ class NativeTarget:
         slot, lo, hi, pos, extras, counts, tokens = [], [], [], [], [], [], []
         for i in order:
             p = parts[i]
+            self.check_part(p)
             n, region = len(p.tokens), p.region
-            if n == 0:
-                raise ValueError("forward() needs at least one token")
-            if region.length + n > self.max_len:
-                raise ValueError(f"the native cache holds {self.max_len} tokens per sequence; "
-                                 f"{region.length + n} needed (raise max_len)")
-            region.guard.check("running another")
             base = region.start + region.length
             slot += range(base, base + n)
             lo += [region.start] * n
