@@ -9,7 +9,7 @@ from leapdecode.drafters import Draft, Drafter
 
 from .conftest import pick_prompts
 
-N = 48
+N = 32
 
 
 @pytest.fixture(scope="module")

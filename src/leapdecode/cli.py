@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
-    for extra in ("bench", "diversity", "index", "profile", "serve"):
+    for extra in ("bench", "diversity", "index", "loadtest", "profile", "serve"):
         _try_add(extra, sub)
     return parser
 
@@ -141,7 +141,7 @@ def _try_add(name: str, sub: Any) -> None:
     import importlib
 
     module = {"bench": ".bench.cli", "diversity": ".bench.diversity", "index": ".drafters.index_cli",
-              "profile": ".bench.profile", "serve": ".server.cli"}[name]
+              "loadtest": ".bench.loadtest", "profile": ".bench.profile", "serve": ".server.cli"}[name]
     try:
         importlib.import_module(module, __package__).add_parser(sub)
     except ModuleNotFoundError as err:
