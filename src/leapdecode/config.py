@@ -8,6 +8,7 @@ from . import validate
 from .sampling import SamplingParams
 
 MAX_NEW_TOKENS = 2**31 - 1
+MAX_TOP_LOGPROBS = 20  # alternatives per token a request may ask for (the OpenAI chat API's limit)
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     budget: int | str | None = None  # draft tokens per step; None = the drafter's default; "auto"
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: each new token's log-probability and the top k
     sampling: SamplingParams = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -28,6 +30,9 @@ class GenerationConfig:
         if self.budget is not None and self.budget != "auto":
             object.__setattr__(self, "budget", validate.integer(
                 "budget (draft tokens per step)", self.budget, 1, 4096, example=8))
+        if self.logprobs is not None:
+            object.__setattr__(self, "logprobs", validate.integer(
+                "logprobs (alternatives per token)", self.logprobs, 0, MAX_TOP_LOGPROBS, example=5))
         if self.stop is None:
             stop: tuple = ()
         elif isinstance(self.stop, str):

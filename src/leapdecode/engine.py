@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
+import torch
 
 from . import tree, verify
 from .config import GenerationConfig
@@ -55,20 +56,34 @@ class Stats:
         )
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A new token's log-probability under the target (before temperature, top-k and top-p),
+    and the `k` most likely tokens at its position with theirs (GenerationConfig.logprobs)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass
 class Generation:
     token_ids: list[int]  # new tokens only
     text: str
     finish_reason: str  # "stop" (EOS or stop string) or "length"
     stats: Stats
+    logprobs: list[TokenLogprob] | None = None  # one per token when config.logprobs is set
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "text": self.text,
             "token_ids": self.token_ids,
             "finish_reason": self.finish_reason,
             **self.stats.as_dict(),
         }
+        if self.logprobs is not None:
+            out["logprobs"] = [asdict(lp) for lp in self.logprobs]
+        return out
 
 
 class Engine:
@@ -205,9 +220,11 @@ class Engine:
 
     # ---- the loop -----------------------------------------------------------------------
     def decode(
-        self, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter, stats: Stats
+        self, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter, stats: Stats,
+        logprobs: list[TokenLogprob] | None = None,
     ) -> Iterator[list[int]]:
-        """Yield the tokens each step commits (accepted + bonus), forever; the caller stops."""
+        """Yield the tokens each step commits (accepted + bonus), forever; the caller stops.
+        With config.logprobs set, each committed token's TokenLogprob is appended to `logprobs`."""
         target = self.target
         greedy = config.sampling.greedy
         warp = None if greedy else make_warp(config.sampling)
@@ -243,6 +260,8 @@ class Engine:
                 )
             target.commit([0, *path])
             emitted = [inputs[j] for j in path] + [bonus]
+            if logprobs is not None and config.logprobs is not None:
+                logprobs.extend(_logprobs(logits[[0, *path]], emitted, config.logprobs))
             context.extend(emitted)
             stats.steps += 1
             stats.drafted += len(draft)
@@ -253,6 +272,17 @@ class Engine:
                 StepResult(draft, [j - 1 for j in path], emitted[:-1], bonus, context, inputs, logits)
             )
             yield emitted
+
+
+def _logprobs(rows: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogprob]:
+    """Row i holds the target's logits before tokens[i]."""
+    log_probs = torch.log_softmax(rows.float(), dim=-1)
+    chosen = log_probs[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()
+    if k == 0:
+        return [TokenLogprob(t, lp) for t, lp in zip(tokens, chosen)]
+    values, ids = log_probs.topk(k, dim=-1)
+    return [TokenLogprob(t, lp, tuple(zip(i, v))) for t, lp, i, v in
+            zip(tokens, chosen, ids.tolist(), values.tolist())]
 
 
 def _clean(draft: Draft, vocab_size: int, budget: int) -> Draft:
@@ -277,6 +307,8 @@ class Stream:
     def __init__(self, engine: Engine, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter):
         self.engine, self.prompt_ids, self.config, self.drafter = engine, prompt_ids, config, drafter
         self.result: Generation | None = None
+        self.tokens: list[int] = []  # the new tokens so far (a stop string may still cut the last)
+        self.logprobs: list[TokenLogprob] = []  # theirs, while decoding (config.logprobs)
         if config.budget == "auto":
             engine.pass_costs()  # measured (once) before the clock starts
 
@@ -284,9 +316,10 @@ class Stream:
         engine, config = self.engine, self.config
         stats, tokens, sent = Stats(), [], ""
         finish, text = "length", ""
+        logprobs = None if config.logprobs is None else self.logprobs
         start = time.perf_counter()
         if config.max_new_tokens > 0:
-            for emitted in engine.decode(self.prompt_ids, config, self.drafter, stats):
+            for emitted in engine.decode(self.prompt_ids, config, self.drafter, stats, logprobs):
                 finish, cut = self._stop_index(tokens, emitted)
                 tokens.extend(emitted[:cut])
                 text = engine.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -295,6 +328,7 @@ class Stream:
                     if hit:
                         tokens = _tokens_for_text(engine.tokenizer, tokens, config.stop)
                         finish = "stop"
+                self.tokens = tokens
                 if finish == "stop" or len(tokens) >= config.max_new_tokens:
                     break
                 safe = _safe_prefix(text, config.stop)
@@ -305,9 +339,12 @@ class Stream:
                 finish = "length"
         stats.wall_s = time.perf_counter() - start
         stats.new_tokens = len(tokens)
+        self.tokens = tokens
+        if logprobs is not None:
+            del logprobs[len(tokens):]  # the tokens cut by EOS, max_new_tokens or a stop string
         if len(text) > len(sent) and text.startswith(sent):
             yield text[len(sent) :]
-        self.result = Generation(tokens, text, finish, stats)
+        self.result = Generation(tokens, text, finish, stats, logprobs)
 
     def _stop_index(self, tokens: list[int], emitted: list[int]) -> tuple[str, int]:
         """How many of `emitted` to keep, and whether EOS ended it."""

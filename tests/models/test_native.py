@@ -223,20 +223,23 @@ class AlwaysWrong(Drafter):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_drafter_identical_to_none(targets, tokenizer, dev_questions, fmt):
     """bf16 and int8: each drafter's passes have other widths and tree shapes than `none`'s, and
-    the ids are still equal (batch invariance), on a literal prompt and a dev question."""
+    the ids are still equal (batch invariance), on a literal prompt and a dev question; so are
+    the tokens' log-probabilities, bit for bit."""
     from tests.conftest import pick_prompts
 
     engine = Engine(targets[fmt], tokenizer, name="smollm2-135m")
-    config = GenerationConfig(max_new_tokens=48)
+    config = GenerationConfig(max_new_tokens=48, logprobs=2)
     dev = pick_prompts(dev_questions, 1)
     for prompt in [PROMPTS[0], dev[5]]:
-        plain = engine.generate(prompt, config, "none").token_ids
-        assert len(plain) > 0
+        plain = engine.generate(prompt, config, "none")
+        assert len(plain.token_ids) > 0 and [lp.token for lp in plain.logprobs] == plain.token_ids
         for method in METHODS:
-            assert engine.generate(prompt, config, method).token_ids == plain, (fmt, method, prompt[:30])
+            got = engine.generate(prompt, config, method)
+            assert got.token_ids == plain.token_ids, (fmt, method, prompt[:30])
+            assert got.logprobs == plain.logprobs, (fmt, method, prompt[:30])
         ids = engine.encode(prompt)
-        wrong = engine.generate(ids, GenerationConfig(max_new_tokens=48, budget=3), AlwaysWrong(len(ids), plain))
-        assert wrong.token_ids == plain
+        wrong = engine.generate(ids, GenerationConfig(max_new_tokens=48, budget=3), AlwaysWrong(len(ids), plain.token_ids))
+        assert wrong.token_ids == plain.token_ids
 
 
 # ---- bad input ---------------------------------------------------------------------------

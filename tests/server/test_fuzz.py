@@ -41,7 +41,7 @@ def test_validation_clean(body, parse):
         assert 400 <= err.status < 500 and set(err.body()["error"]) == {"message", "type", "param", "code"}
         return
     gen.config.sampling  # a valid request built a valid config
-    assert isinstance(gen.prompt, (str, list))
+    assert all(isinstance(p, (str, list)) for p in gen.prompts)
 
 
 @SETTINGS

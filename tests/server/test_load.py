@@ -218,3 +218,22 @@ def test_100_concurrent_requests_none_lost_or_duplicated(batched_server, batched
     assert stop_hits == 2 * len(SUBJECTS)  # every stop string cut its reply
     assert health(server)["status"] == "ok"
     assert scheduler.workers == 8
+
+
+def test_a_batch_of_prompts_in_one_request_decodes_together(batched_server, batched):
+    """A prompt list is one job per prompt: on the batching target they share passes, and each
+    choice (with its logprobs) is bitwise its solo reply; beams need transformers: a clear 400."""
+    server, engine = batched_server, batched
+    client = server.client(timeout=600)
+    prompts = [f"A list of {subject}: {subject} one, {subject} two," for subject in SUBJECTS[:6]]
+    got = client.completions.create(model=engine.name, prompt=prompts, max_tokens=MAX_TOKENS, temperature=0,
+                                    logprobs=1)
+    wait_idle(server)
+    assert [c.index for c in got.choices] == list(range(len(prompts)))
+    for prompt, choice, ids in zip(prompts, got.choices, extra(got)["choices"]):
+        want = solo(engine, prompt, chat=False, max_new_tokens=MAX_TOKENS, logprobs=1)
+        assert (choice.text, ids["token_ids"]) == (want.text, want.token_ids)
+        assert choice.logprobs.token_logprobs == [lp.logprob for lp in want.logprobs]
+    response = httpx.post(f"{server.url}/v1/completions", timeout=60,
+                          json={"prompt": "Hi", "n": 2, "temperature": 0})
+    assert response.status_code == 400 and "--backend hf" in response.json()["error"]["message"]

@@ -23,7 +23,7 @@ def refused(parse, body) -> APIError:
 
 def test_defaults_follow_openai():
     req = completion(prompt="Hi", model="smollm2-135m")
-    assert req.prompt == "Hi" and not req.chat and not req.stream
+    assert req.prompts == ("Hi",) and not req.chat and not req.stream
     assert req.method == "prompt-lookup"
     assert req.config.max_new_tokens == 128
     assert req.config.temperature == 1.0  # OpenAI's default: an omitted temperature samples
@@ -42,9 +42,9 @@ def test_fields_reach_the_config():
 
 
 def test_prompt_shapes():
-    assert completion(prompt=["Hi"]).prompt == "Hi"
-    assert completion(prompt=[1, 2, 3]).prompt == [1, 2, 3]
-    assert completion(prompt=[[4, 5]]).prompt == [4, 5]
+    assert completion(prompt=["Hi"]).prompts == ("Hi",)
+    assert completion(prompt=[1, 2, 3]).prompts == ([1, 2, 3],)
+    assert completion(prompt=[[4, 5]]).prompts == ([4, 5],)
 
 
 def test_chat_messages_and_limits():
@@ -52,7 +52,7 @@ def test_chat_messages_and_limits():
     req = chat(messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": parts}],
                max_tokens=9, max_completion_tokens=5)
     assert req.chat and req.kind == "chat"
-    assert req.prompt == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    assert req.prompts[0] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
     assert req.config.max_new_tokens == 5  # max_completion_tokens wins, as in the OpenAI API
     assert chat(messages=[{"role": "user", "content": "x"}], stop=["a", "b"]).config.stop == ("a", "b")
 
@@ -61,7 +61,6 @@ def test_chat_messages_and_limits():
     ({}, "prompt", "missing_required_parameter"),
     ({"prompt": None}, "prompt", "missing_required_parameter"),
     ({"prompt": "  "}, "prompt", "invalid_value"),
-    ({"prompt": ["a", "b"]}, "prompt", "invalid_value"),
     ({"prompt": 5}, "prompt", "invalid_value"),
     ({"prompt": [1, -2]}, "prompt", "invalid_value"),
     ({"prompt": [True]}, "prompt", "invalid_value"),
@@ -82,9 +81,15 @@ def test_chat_messages_and_limits():
     ({"prompt": "x", "stop": ["ok", 3]}, "stop", "invalid_value"),
     ({"prompt": "x", "budget": 0}, "budget", "invalid_value"),
     ({"prompt": "x", "stream": "yes"}, "stream", "invalid_value"),
-    ({"prompt": "x", "n": 2}, "n", "unsupported_parameter"),
+    ({"prompt": "x", "n": 17}, "n", "invalid_value"),  # above MAX_N
+    ({"prompt": "x", "n": 0}, "n", "invalid_value"),
+    ({"prompt": "x", "logprobs": 6}, "logprobs", "invalid_value"),  # above the completions API's 5
+    ({"prompt": "x", "logprobs": True}, "logprobs", "invalid_value"),
+    ({"prompt": "x", "n": 2, "temperature": 0, "stop": "."}, "stop", "unsupported_parameter"),  # beams
+    ({"prompt": "x", "n": 2, "temperature": 0, "logprobs": 1}, "logprobs", "unsupported_parameter"),
+    ({"prompt": ["x", ""]}, "prompt[1]", "invalid_value"),
+    ({"prompt": ["x", 3]}, "prompt", "invalid_value"),
     ({"prompt": "x", "echo": True}, "echo", "unsupported_parameter"),
-    ({"prompt": "x", "logprobs": 3}, "logprobs", "unsupported_parameter"),
     ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty", "unsupported_parameter"),
 ])
 def test_bad_completion_bodies_are_400(body, param, code):
@@ -94,8 +99,34 @@ def test_bad_completion_bodies_are_400(body, param, code):
 
 
 def test_neutral_values_of_unsupported_fields_are_accepted():
-    completion(prompt="x", n=1, echo=False, logprobs=None, presence_penalty=0, frequency_penalty=0.0,
+    completion(prompt="x", n=1, echo=False, logprobs=None, top_logprobs=None, presence_penalty=0, frequency_penalty=0.0,
                logit_bias={}, best_of=1, suffix="")
+
+
+def test_several_prompts_and_choices():
+    req = completion(prompt=["a", [5, 6]], n=3, temperature=0.5, seed=10)
+    assert req.prompts == ("a", [5, 6]) and req.n == 3 and not req.beams
+    choices = req.choices()
+    assert [(i, p) for i, p, _ in choices] == [(0, "a"), (1, "a"), (2, "a"), (3, [5, 6]), (4, [5, 6]), (5, [5, 6])]
+    assert [c.seed for _, _, c in choices] == [10, 11, 12, 10, 11, 12]  # sample j: seed + j
+    top = completion(prompt="a", n=2, seed=2**64 - 1).choices()
+    assert top[1][2].seed == -(2**63)  # wraps inside the seeds torch takes
+    assert completion(prompt="a", n=2, temperature=0).beams
+
+
+def test_logprobs_fields():
+    assert completion(prompt="a").config.logprobs is None
+    assert completion(prompt="a", logprobs=0).config.logprobs == 0
+    assert completion(prompt="a", logprobs=5).config.logprobs == 5
+    assert chat(messages=[{"role": "user", "content": "a"}], logprobs=True).config.logprobs == 0
+    assert chat(messages=[{"role": "user", "content": "a"}], logprobs=True, top_logprobs=20).config.logprobs == 20
+    for body, param in (({"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+                        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                        ({"logprobs": 1}, "logprobs")):
+        err = refused(chat, {"messages": [{"role": "user", "content": "a"}], **body})
+        assert (err.status, err.param) == (400, param)
+    assert "20" in refused(chat, {"messages": [{"role": "user", "content": "a"}], "logprobs": True,
+                                  "top_logprobs": 21}).message  # the limit is named
 
 
 def test_unknown_model_is_404():

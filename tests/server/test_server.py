@@ -83,6 +83,67 @@ def test_seeded_sampling_equals_generate(client, engine):
     assert extra(got)["token_ids"] == want.token_ids
 
 
+def test_a_prompt_list_with_n_samples_gives_each_choice_its_solo_reply(client, engine):
+    prompts = ["Once upon a time", "The best way to cook rice is"]
+    got = client.completions.create(model=engine.name, prompt=prompts, n=2, max_tokens=8, temperature=0.9,
+                                    seed=11, extra_body={"method": "prompt-lookup"})  # the sample depends on it
+    assert [c.index for c in got.choices] == [0, 1, 2, 3]
+    ids = [c["token_ids"] for c in extra(got)["choices"]]
+    for index, choice in enumerate(got.choices):
+        want = solo(engine, prompts[index // 2], chat=False, max_new_tokens=8, temperature=0.9, seed=11 + index % 2)
+        assert ids[index] == want.token_ids and choice.text == want.text
+    assert got.usage.prompt_tokens == sum(len(engine.encode(p, chat=False)) for p in prompts)
+    assert got.usage.completion_tokens == sum(map(len, ids))
+
+    # greedy prompts in a batch, streamed: each choice's deltas are its solo text
+    chunks = list(client.completions.create(model=engine.name, prompt=prompts, max_tokens=8, temperature=0,
+                                            stream=True))
+    for index, prompt in enumerate(prompts):
+        text = "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == index)
+        assert text == solo(engine, prompt, chat=False, max_new_tokens=8).text
+
+
+def test_n_at_temperature_zero_gives_the_beams(client, engine):
+    from leapdecode.decoding import decode
+
+    got = client.completions.create(model=engine.name, prompt="The capital of France is", n=3, max_tokens=6,
+                                    temperature=0)
+    want = decode(engine, "The capital of France is", "beam", chat=False, num_beams=3, max_new_tokens=6)
+    assert [c["token_ids"] for c in extra(got)["choices"]] == [w.token_ids for w in want]
+    assert [c.text for c in got.choices] == [w.text for w in want]
+
+
+def test_logprobs_are_the_models_and_pick_the_greedy_token(client, engine):
+    import torch
+
+    prompt = "The capital of France is"
+    got = client.completions.create(model=engine.name, prompt=prompt, max_tokens=8, temperature=0, logprobs=3)
+    lp, ids = got.choices[0].logprobs, extra(got)["token_ids"]
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) == 8
+    assert "".join(lp.tokens) == got.choices[0].text
+    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(8)]
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert len(top) == 3 and max(top.values()) == chosen  # greedy: the chosen token is the top one
+    # the same numbers as one plain forward over prompt + reply (float32; widths round differently)
+    full = torch.tensor([engine.encode(prompt, chat=False) + ids])
+    with torch.no_grad():
+        rows = torch.log_softmax(engine.target.model(full).logits[0, -9:-1].float(), -1)
+    want = rows[torch.arange(8), torch.tensor(ids)]
+    assert torch.allclose(torch.tensor(lp.token_logprobs), want, atol=1e-3)
+
+    question = [{"role": "user", "content": "Name a colour."}]
+    whole = client.chat.completions.create(model=engine.name, messages=question, max_tokens=6, temperature=0,
+                                           logprobs=True, top_logprobs=2)
+    chunks = list(client.chat.completions.create(model=engine.name, messages=question, max_tokens=6,
+                                                 temperature=0, logprobs=True, top_logprobs=2, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens == 6
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    assert all(len(e.top_logprobs) == 2 and e.top_logprobs[0].logprob == e.logprob for e in content)
+    assert bytes(content[0].bytes).decode() == content[0].token
+
+
 def test_stop_string_inside_an_accepted_run(client, engine):
     class Recorder(PromptLookupDrafter):
         def reset(self, prompt):
@@ -171,7 +232,12 @@ BAD = [
     ("completions", {"prompt": "Hi", "temperature": 7}, 400, "temperature"),
     ("completions", {"prompt": "Hi", "top_p": 0}, 400, "top_p"),
     ("completions", {"prompt": "Hi", "stop": [""]}, 400, "stop"),
-    ("completions", {"prompt": "Hi", "n": 3}, 400, "n"),
+    ("completions", {"prompt": "Hi", "n": 17}, 400, "n"),  # above the server's --max-n
+    ("completions", {"prompt": ["Hi"] * 200}, 400, "prompt"),  # more prompts than the queue has places
+    ("completions", {"prompt": "Hi", "logprobs": 6}, 400, "logprobs"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "logprobs": True,
+                          "top_logprobs": 21}, 400, "top_logprobs"),
+    ("completions", {"prompt": ["Hi", [1] * 9000]}, 400, "prompt"),  # one prompt of the batch too long
     ("completions", {"prompt": [1] * 9000}, 400, "prompt"),  # longer than the context window
     ("completions", {"prompt": [1] * 9000, "stream": True}, 400, "prompt"),  # refused before any event
     ("completions", {"prompt": "Hi " * 9000}, 400, "prompt"),

@@ -5,9 +5,10 @@
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `stream`), GET /v1/models,
 GET /health, GET /metrics. Everything that touches the engine (tokenizer included) runs on the
-scheduler's single worker thread, one request at a time; the event loop only parses, queues and
-relays. A request is answered with its status only once the worker has accepted it, so a prompt
-longer than the context window is a 400 even when streaming was asked for.
+scheduler's worker threads (one, or one per batched sequence); the event loop only parses, queues
+and relays. A request is a job per choice (prompts x n; one per prompt for beams), and it is
+answered with its status only once every job has started, so a prompt longer than the context
+window is a 400 even when streaming was asked for.
 
 A client that disconnects while queued leaves the queue at once; one that disconnects while its
 request runs stops the generation at the next step (its response is logged with status 499).
@@ -28,12 +29,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from .. import decoding
+from ..config import GenerationConfig
 from ..drafters import DEFAULT_METHOD, DRAFTERS
-from ..engine import Engine, Generation
+from ..engine import Engine, Generation, Stats, TokenLogprob
+from ..models.base import Capabilities
 from . import protocol
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import APIError, GenRequest, invalid
-from .scheduler import Job, QueueFull, Scheduler
+from .scheduler import Job, Jobs, QueueFull, Scheduler
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
 MAX_BODY_BYTES = 4 * 2**20  # a request body larger than this is a 413 (create_app / --max-body-bytes)
@@ -59,6 +63,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     request_timeout: float | None = None,
     workers: int = 1,
+    max_n: int = protocol.MAX_N,
 ) -> FastAPI:
     """A FastAPI app serving `engine` (or the engine a factory returns at startup).
 
@@ -69,6 +74,7 @@ def create_app(
     request_timeout: seconds a request may run on the worker; then it stops with a 504 / error event.
     workers: requests decoded at once (each on a session of the engine: on a batching target their
     passes are shared, `leapdecode serve --batch`); more wait in the queue.
+    max_n: the most choices a request may ask for per prompt (`n`); more is a 400.
     """
     if method not in DRAFTERS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(DRAFTERS)}")
@@ -94,14 +100,14 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = protocol.parse_json(await read_body(request, max_body_bytes))
-        gen = protocol.parse_completion(body, server.model_names, server.default_method)
+        gen = protocol.parse_completion(body, server.model_names, server.default_method, max_n)
         server.check(gen)
         return await server.serve(gen, request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = protocol.parse_json(await read_body(request, max_body_bytes))
-        gen = protocol.parse_chat(body, server.model_names, server.default_method)
+        gen = protocol.parse_chat(body, server.model_names, server.default_method, max_n)
         server.check(gen)
         return await server.serve(gen, request)
 
@@ -165,40 +171,64 @@ class Server:
         if gen.method in NEEDS_OPTIONS:
             raise invalid("method", NEEDS_OPTIONS[gen.method], "unsupported_parameter")
         window = getattr(getattr(self.engine, "target", None), "context_window", None) or 8192
-        protocol.check_prompt_size(gen.prompt, CHARS_PER_TOKEN * window)
+        protocol.check_prompt_size(gen.prompts, CHARS_PER_TOKEN * window)
+        if gen.beams and not getattr(self.engine.target, "capabilities", Capabilities()).hf_model:
+            raise invalid("n", "n > 1 at temperature 0 asks for beam search's n best beams, which need a "
+                          "transformers target (serve --backend hf); send temperature > 0 for n "
+                          "independent samples", "unsupported_parameter")
+        jobs = len(gen.prompts) * (1 if gen.beams else gen.n)
+        if jobs > self.scheduler.max_queue:
+            raise invalid("n" if gen.n > 1 else "prompt", f"the request needs {jobs} places in the queue "
+                          f"(prompts x n) but it has {self.scheduler.max_queue} (--max-queue); send fewer "
+                          "prompts or a smaller n")
 
     # ---- one request ------------------------------------------------------------------
     async def serve(self, gen: GenRequest, request: Request) -> Response:
+        """Queue a job per choice (per prompt for beams), wait until every one has started (so a
+        prompt too long is a 400 even when streaming), then stream or answer."""
         try:
-            job = self.scheduler.submit(self._work(gen))
+            jobs = self.scheduler.submit_many(self._works(gen))
         except QueueFull as err:
             raise APIError(429, str(err), type="rate_limit_error", code="queue_full") from None
+        total = len(gen.prompts) * gen.n
         gone = asyncio.ensure_future(_disconnected(request))
         streaming = False
         try:
-            kind, value = await _next(job, gone)
-            if kind == "start":
-                if gen.stream:  # from here on the response watches the connection
-                    streaming = True
-                    return JobStream(job, self._sse(job, gen, value))
-                kind, value = await _next(job, gone)
-                while kind == "delta":
-                    kind, value = await _next(job, gone)
-            if kind == "done":
-                return JSONResponse(self._body(gen, value, _new_id(gen)))
-            if kind == "error":
-                raise _as_api_error(value)
-            if kind == "disconnected":
-                return Response(status_code=CLIENT_CLOSED)
-            raise APIError(503, "the request was cancelled because the server is shutting down",
-                           type="server_error", code="shutting_down")
+            prompt_tokens: dict[int, int] = {}  # choice -> its prompt's tokens
+            early: list[tuple[str, Any]] = []  # events of started choices while others wait
+            while len(prompt_tokens) < total:
+                kind, value = await _next(jobs, gone)
+                if kind == "start":
+                    prompt_tokens[value[0]] = value[1]
+                elif kind in ("delta", "done"):
+                    early.append((kind, value))
+                else:
+                    return _ended(kind, value)
+            if gen.stream:  # from here on the response watches the connection
+                streaming = True
+                return JobStream(jobs, self._sse(jobs, gen, prompt_tokens, early))
+            done = {value[0]: value for kind, value in early if kind == "done"}
+            while len(done) < total:
+                kind, value = await _next(jobs, gone)
+                if kind == "done":
+                    done[value[0]] = value
+                elif kind != "delta":
+                    return _ended(kind, value)
+            return JSONResponse(self._body(gen, prompt_tokens, done, _new_id(gen)))
         finally:
             gone.cancel()
-            if not streaming:  # a no-op once the job is done; else frees its place or stops it
-                job.cancel()
+            if not streaming:  # a no-op once the jobs are done; else frees their places or stops them
+                jobs.cancel()
 
-    def _work(self, gen: GenRequest) -> Callable[[Job], None]:
-        """What the worker thread does for `gen`; it reports through job events."""
+    def _works(self, gen: GenRequest) -> list[Callable[[Job], None]]:
+        if gen.beams:
+            return [self._beams(gen, i, prompt) for i, prompt in enumerate(gen.prompts)]
+        return [self._work(gen, *choice) for choice in gen.choices()]
+
+    def _work(self, gen: GenRequest, index: int, prompt: Any, config: GenerationConfig) -> Callable[[Job], None]:
+        """What a worker thread does for one choice; it reports through job events, each tagged
+        with the choice: ("start", (index, prompt tokens)), ("delta", (index, text, logprobs)),
+        ("done", (index, Generation, logprobs not yet sent))."""
 
         def work(job: Job) -> None:
             with self.engine.session() as engine:
@@ -206,9 +236,10 @@ class Server:
 
         def run(job: Job, engine: Engine) -> None:
             deadline = None if self.request_timeout is None else time.monotonic() + self.request_timeout
-            ids = _encode(engine, gen)
-            stream = engine.stream(ids, gen.config, gen.method, chat=False)
-            job.emit("start", len(ids))
+            ids = _encode(engine, gen.kind, prompt, gen.chat)
+            stream = engine.stream(ids, config, gen.method, chat=False)
+            job.emit("start", (index, len(ids)))
+            sent = 0  # logprobs sent with the deltas (none while a stop string may still cut tokens)
             for delta in stream:  # one decoding step (or more, while text is held back) per delta
                 if job.cancelled:
                     self.metrics.cancellation()
@@ -222,72 +253,148 @@ class Server:
                         type="timeout_error", code="request_timeout"))
                     return
                 if gen.stream:
-                    job.emit("delta", delta)
+                    upto = sent if config.stop else min(len(stream.tokens), len(stream.logprobs))
+                    job.emit("delta", (index, delta, _token_logprobs(engine, stream.logprobs[sent:upto])))
+                    sent = upto
             result = stream.result
             self.metrics.generation(gen.method, len(ids), result.stats.new_tokens, result.stats.steps)
-            job.emit("done", (len(ids), result))
+            job.emit("done", (index, result, _token_logprobs(engine, (result.logprobs or [])[sent:])))
 
         return work
 
-    async def _sse(self, job: Job, gen: GenRequest, prompt_tokens: int) -> AsyncIterator[str]:
-        """Server-sent events: a chunk per text delta, a last chunk with finish_reason, [DONE]."""
+    def _beams(self, gen: GenRequest, i: int, prompt: Any) -> Callable[[Job], None]:
+        """The n best beams of beam search for prompt i: choices i * n ... i * n + n - 1."""
+
+        def work(job: Job) -> None:
+            engine = self.engine
+            ids = _encode(engine, gen.kind, prompt, gen.chat)
+            for j in range(gen.n):
+                job.emit("start", (i * gen.n + j, len(ids)))
+            start = time.perf_counter()
+            try:
+                outputs = decoding.beam_search(engine, ids, decoding.BeamConfig(
+                    num_beams=gen.n, max_new_tokens=gen.config.max_new_tokens))
+            except ValueError as err:  # e.g. the beams do not fit the context window
+                raise invalid("max_tokens", str(err)) from None
+            wall = time.perf_counter() - start
+            for j, out in enumerate(outputs):
+                stats = Stats(new_tokens=len(out.token_ids), wall_s=wall)
+                job.emit("done", (i * gen.n + j, Generation(out.token_ids, out.text, out.finish_reason, stats), []))
+
+        return work
+
+    async def _sse(self, jobs: Jobs, gen: GenRequest, prompt_tokens: dict[int, int],
+                   early: list[tuple[str, Any]]) -> AsyncIterator[str]:
+        """Server-sent events: chunks per choice and text delta, a last chunk per choice with its
+        finish_reason, a usage chunk if asked for, [DONE]."""
         rid, created = _new_id(gen), int(time.time())
+        total = len(prompt_tokens)
+        offsets = dict.fromkeys(prompt_tokens, 0)  # text_offset of each choice's next logprob
+        results: dict[int, Generation] = {}
         try:  # the finally: Starlette stops iterating this when the client disconnects
             if gen.kind == "chat":
-                yield _event(self._chunk(gen, rid, created, {"role": "assistant", "content": ""}))
-            while True:
-                kind, value = await job.next()
+                for index in sorted(prompt_tokens):
+                    yield _event(self._chunk(gen, rid, created, index, {"role": "assistant", "content": ""}))
+            while len(results) < total:
+                kind, value = early.pop(0) if early else await jobs.next()
                 if kind == "delta":
-                    yield _event(self._chunk(gen, rid, created, value))
+                    index, text, logprobs = value
+                    yield _event(self._chunk(gen, rid, created, index, text,
+                                             logprobs=self._logprobs(gen, logprobs, offsets, index)))
                 elif kind == "done":
-                    result = value[1]
-                    last = self._chunk(gen, rid, created, "", result.finish_reason, _extra(gen, result))
-                    yield _event(last)
-                    if gen.include_usage:
-                        usage = _usage(prompt_tokens, result)
-                        yield _event({**self._chunk(gen, rid, created, ""), "choices": [], "usage": usage})
-                    yield "data: [DONE]\n\n"
-                    return
+                    index, result, logprobs = value
+                    results[index] = result
+                    yield _event(self._chunk(gen, rid, created, index, "", result.finish_reason,
+                                             self._logprobs(gen, logprobs, offsets, index), _extra(gen, result)))
                 elif kind == "error":
                     yield _event(_as_api_error(value).body())
                     return
                 else:
                     return
+            if gen.include_usage:
+                usage = _usage(gen, prompt_tokens, results)
+                yield _event({**self._chunk(gen, rid, created, 0, ""), "choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
         finally:
-            job.cancel()  # a no-op after [DONE]; otherwise the client went away mid-stream
+            jobs.cancel()  # a no-op after [DONE]; otherwise the client went away mid-stream
 
     # ---- response bodies --------------------------------------------------------------
-    def _body(self, gen: GenRequest, done: tuple[int, Generation], rid: str) -> dict[str, Any]:
-        prompt_tokens, result = done
-        if gen.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
-                      "logprobs": None, "finish_reason": result.finish_reason}
-            kind = "chat.completion"
-        else:
-            choice = {"index": 0, "text": result.text, "logprobs": None,
-                      "finish_reason": result.finish_reason}
-            kind = "text_completion"
-        return {"id": rid, "object": kind, "created": int(time.time()), "model": self.model_name,
-                "choices": [choice], "usage": _usage(prompt_tokens, result), **_extra(gen, result)}
+    def _body(self, gen: GenRequest, prompt_tokens: dict[int, int], done: dict[int, tuple], rid: str
+              ) -> dict[str, Any]:
+        choices, results = [], {}
+        for index in sorted(done):
+            _, result, logprobs = done[index]
+            results[index] = result
+            lp = self._logprobs(gen, logprobs, {index: 0}, index)
+            if gen.kind == "chat":
+                choices.append({"index": index, "message": {"role": "assistant", "content": result.text},
+                                "logprobs": lp, "finish_reason": result.finish_reason})
+            else:
+                choices.append({"index": index, "text": result.text, "logprobs": lp,
+                                "finish_reason": result.finish_reason})
+        extra = _extra(gen, results[0])
+        if len(results) > 1:
+            extra["leapdecode"]["choices"] = [_extra(gen, results[i])["leapdecode"] for i in sorted(results)]
+        return {"id": rid, "object": "chat.completion" if gen.kind == "chat" else "text_completion",
+                "created": int(time.time()), "model": self.model_name, "choices": choices,
+                "usage": _usage(gen, prompt_tokens, results), **extra}
 
-    def _chunk(self, gen: GenRequest, rid: str, created: int, text: str | dict,
-               finish: str | None = None, extra: dict | None = None) -> dict[str, Any]:
+    def _chunk(self, gen: GenRequest, rid: str, created: int, index: int, text: str | dict,
+               finish: str | None = None, logprobs: dict | None = None, extra: dict | None = None
+               ) -> dict[str, Any]:
         if gen.kind == "chat":
             delta = text if isinstance(text, dict) else ({"content": text} if text else {})
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             kind = "chat.completion.chunk"
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
             kind = "text_completion"
         return {"id": rid, "object": kind, "created": created, "model": self.model_name,
                 "choices": [choice], **(extra or {})}
 
+    @staticmethod
+    def _logprobs(gen: GenRequest, entries: list, offsets: dict[int, int], index: int) -> dict | None:
+        """OpenAI's logprobs object for some of a choice's tokens (None when not asked for)."""
+        if gen.config.logprobs is None:
+            return None
+        if gen.kind == "chat":
+            def item(token: str, logprob: float) -> dict:
+                return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
-def _encode(engine: Engine, gen: GenRequest) -> list[int]:
+            return {"content": [{**item(token, lp), "top_logprobs": [item(t, v) for t, v in top]}
+                                for token, lp, top in entries], "refusal": None}
+        text_offset = []
+        for token, _, _ in entries:
+            text_offset.append(offsets[index])
+            offsets[index] += len(token)
+        return {"tokens": [token for token, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [dict(top) for _, _, top in entries] if gen.config.logprobs else None,
+                "text_offset": text_offset}
+
+
+def _ended(kind: str, value: Any) -> Response:
+    """The response for a request whose jobs ended before they were done."""
+    if kind == "error":
+        raise _as_api_error(value)
+    if kind == "disconnected":
+        return Response(status_code=CLIENT_CLOSED)
+    raise APIError(503, "the request was cancelled because the server is shutting down",
+                   type="server_error", code="shutting_down")
+
+
+def _token_logprobs(engine: Engine, logprobs: list[TokenLogprob]) -> list[tuple[str, float, list]]:
+    """(token text, logprob, [(text, logprob) of the top tokens]): decoded on the worker thread."""
+    def text(token: int) -> str:
+        return engine.tokenizer.decode([token])
+
+    return [(text(lp.token), lp.logprob, [(text(t), v) for t, v in lp.top]) for lp in logprobs]
+
+
+def _encode(engine: Engine, kind: str, prompt: Any, chat: bool) -> list[int]:
     """Prompt -> ids on the worker thread, with the checks that need the tokenizer or model."""
-    param = "messages" if gen.kind == "chat" else "prompt"
+    param = "messages" if kind == "chat" else "prompt"
     try:
-        ids = engine.encode(gen.prompt, chat=gen.chat)
+        ids = engine.encode(prompt, chat=chat)
     except Exception as err:  # an empty prompt, a chat template that refuses the messages, ...
         raise invalid(param, f"cannot encode the {param}: {err}") from None
     vocab = engine.target.vocab_size
@@ -348,9 +455,11 @@ async def _next(job: Job, gone: asyncio.Future) -> tuple[str, Any]:
     return "disconnected", None
 
 
-def _usage(prompt_tokens: int, result: Generation) -> dict[str, int]:
-    new = len(result.token_ids)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": new, "total_tokens": prompt_tokens + new}
+def _usage(gen: GenRequest, prompt_tokens: dict[int, int], results: dict[int, Generation]) -> dict[str, int]:
+    """Each prompt counted once (not once per choice), every choice's new tokens."""
+    prompt = sum(prompt_tokens[i * gen.n] for i in range(len(gen.prompts)))
+    new = sum(len(r.token_ids) for r in results.values())
+    return {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new}
 
 
 def _extra(gen: GenRequest, result: Generation) -> dict[str, Any]:

@@ -35,6 +35,8 @@ def add_parser(sub: Any) -> None:
                    "1 = one at a time). Each holds its own KV cache")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for the model; more are answered 429 (default 64)")
+    p.add_argument("--max-n", type=int, default=None, metavar="N",
+                   help="the most choices a request may ask for per prompt (`n`; default 16)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                    "(default: the env var LEAPDECODE_API_KEY, else no key)")
@@ -61,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be in [1, 256], got {args.batch}")
     from .. import validate
     from .app import MAX_BODY_BYTES, NEEDS_OPTIONS
+    from .protocol import MAX_N
 
     if args.method in NEEDS_OPTIONS:
         raise ValueError(NEEDS_OPTIONS[args.method].replace("this server does not take", "`serve` does not take"))
@@ -68,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                   else MAX_BODY_BYTES, 1024, 2**40, example=MAX_BODY_BYTES)
     timeout = None if args.request_timeout is None else validate.number(
         "--request-timeout", args.request_timeout, 0.0, 1e7, open_low=True, example=60)
+    max_n = validate.integer("--max-n", args.max_n if args.max_n is not None else MAX_N, 1, 1024, example=MAX_N)
     api_key = args.api_key if args.api_key is not None else os.environ.get("LEAPDECODE_API_KEY") or None
     sock = _bind(args.host, args.port)  # before loading the model: a busy port fails fast
     try:
@@ -94,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     app = create_app(engine, model_name=args.model, method=args.method, max_queue=args.max_queue,
                      api_key=api_key, allowed_hosts=allowed_hosts(args.host, args.allowed_host),
-                     max_body_bytes=body_limit, request_timeout=timeout, workers=engine.slots)
+                     max_body_bytes=body_limit, request_timeout=timeout, workers=engine.slots, max_n=max_n)
     config = uvicorn.Config(app, log_level=args.log_level)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

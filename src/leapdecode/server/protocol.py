@@ -8,30 +8,37 @@ Sampling defaults follow the OpenAI protocol, so a client written for it gets wh
 an omitted `temperature` means 1.0 (sampling); send `temperature: 0` for greedy decoding, which
 is token-identical to `leapdecode generate`. Extra fields: `method` (a drafter name), `top_k`,
 `budget` (draft tokens per step).
+
+Several choices: a completion's `prompt` may be a list of prompts, and `n` asks for n choices per
+prompt (choice index = prompt index * n + j). With temperature > 0 they are independent samples
+(with a `seed`, sample j uses seed + j); with temperature 0 they are the n best beams of beam
+search. `logprobs` (completions: the number of alternatives, at most 5; chat: `logprobs: true`
+and `top_logprobs` up to 20) gives each new token's log-probability under the model, before
+temperature, top-k and top-p.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import GenerationConfig
+from ..config import MAX_TOP_LOGPROBS, GenerationConfig
 from .. import validate
 from ..drafters import DRAFTERS
 
 DEFAULT_MAX_TOKENS = 128
 DEFAULT_TEMPERATURE = 1.0  # the OpenAI default; 0 = greedy
 MODEL_ALIAS = "leapdecode"  # accepted as a model name besides the served model's own
+MAX_N = 16  # choices per prompt (create_app / serve --max-n)
+MAX_COMPLETION_LOGPROBS = 5  # the completions API's limit; chat's top_logprobs goes to MAX_TOP_LOGPROBS
 
 # fields of the OpenAI protocol this server does not implement: accepted only when absent,
 # null or at their neutral value, so a request never silently means something else
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "n": (1,),
     "best_of": (1,),
     "echo": (False,),
-    "logprobs": (False, 0),
-    "top_logprobs": (0,),
     "suffix": ("",),
     "presence_penalty": (0, 0.0),
     "frequency_penalty": (0, 0.0),
@@ -67,35 +74,64 @@ class GenRequest:
     """What the engine is asked to do for one HTTP request."""
 
     kind: str  # "completion" or "chat"
-    prompt: str | list[int] | list[dict[str, str]]  # text, token ids, or chat messages
+    prompts: tuple  # each a text, token ids, or chat messages (chat: exactly one)
     chat: bool  # wrap a text prompt in the chat template (chat endpoint only)
     config: GenerationConfig
     method: str
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk carrying usage
+    n: int = 1  # choices per prompt
+
+    @property
+    def beams(self) -> bool:
+        """n > 1 at temperature 0: the n best beams of beam search."""
+        return self.n > 1 and self.config.sampling.greedy
+
+    def choices(self) -> list[tuple[int, Any, GenerationConfig]]:
+        """(choice index, prompt, config) of every sampled or greedy choice (not beams)."""
+        out = []
+        for i, prompt in enumerate(self.prompts):
+            for j in range(self.n):
+                config = self.config
+                if j and config.seed is not None:  # distinct yet reproducible samples
+                    span = validate.SEED_MAX - validate.SEED_MIN + 1
+                    seed = (config.seed + j - validate.SEED_MIN) % span + validate.SEED_MIN
+                    config = dataclasses.replace(config, seed=seed)
+                out.append((i * self.n + j, prompt, config))
+        return out
 
 
-def parse_completion(body: Any, model_names: tuple[str, ...], default_method: str) -> GenRequest:
+def parse_completion(body: Any, model_names: tuple[str, ...], default_method: str,
+                     max_n: int = MAX_N) -> GenRequest:
     """Validate a POST /v1/completions body. The prompt is taken raw (no chat template)."""
     body = _object(body)
     if "prompt" not in body or body["prompt"] is None:
         raise invalid("prompt", "you must provide a prompt", "missing_required_parameter")
-    prompt = _prompt(body["prompt"])
-    return _request(body, "completion", prompt, False, "max_tokens", model_names, default_method)
+    logprobs = _integer(body, "logprobs", None, minimum=0, maximum=MAX_COMPLETION_LOGPROBS)
+    return _request(body, "completion", _prompts(body["prompt"]), False, "max_tokens", model_names,
+                    default_method, max_n, logprobs)
 
 
-def parse_chat(body: Any, model_names: tuple[str, ...], default_method: str) -> GenRequest:
+def parse_chat(body: Any, model_names: tuple[str, ...], default_method: str,
+               max_n: int = MAX_N) -> GenRequest:
     """Validate a POST /v1/chat/completions body; messages go through the chat template."""
     body = _object(body)
     if "messages" not in body or body["messages"] is None:
         raise invalid("messages", "you must provide messages", "missing_required_parameter")
     limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return _request(body, "chat", _messages(body["messages"]), True, limit, model_names, default_method)
+    top = _integer(body, "top_logprobs", None, minimum=0, maximum=MAX_TOP_LOGPROBS)
+    logprobs = 0 if _flag(body, "logprobs") else None
+    if top is not None:
+        if logprobs is None:
+            raise invalid("top_logprobs", "top_logprobs needs logprobs: true")
+        logprobs = top
+    return _request(body, "chat", (_messages(body["messages"]),), True, limit, model_names,
+                    default_method, max_n, logprobs)
 
 
 def _request(
-    body: dict, kind: str, prompt: Any, chat: bool, limit: str, model_names: tuple[str, ...],
-    default_method: str,
+    body: dict, kind: str, prompts: tuple, chat: bool, limit: str, model_names: tuple[str, ...],
+    default_method: str, max_n: int, logprobs: int | None,
 ) -> GenRequest:
     _check_model(body.get("model"), model_names)
     _check_unsupported(body)
@@ -116,12 +152,23 @@ def _request(
         seed=_integer(body, "seed", None, minimum=validate.SEED_MIN, maximum=validate.SEED_MAX),
         stop=_stop(body.get("stop")),
         budget=_integer(body, "budget", None, minimum=1, maximum=4096),
+        logprobs=logprobs,
     )
+    n = _integer(body, "n", 1, minimum=1)
+    if n > max_n:
+        raise invalid("n", f"n={n} is above this server's limit of {max_n} choices per prompt; ask for fewer "
+                      "(or start the server with a larger --max-n)")
     try:
         config = GenerationConfig(**fields)
     except ValueError as err:  # anything the checks above let through
         raise invalid(None, str(err)) from None
-    return GenRequest(kind, prompt, chat, config, method, stream, bool(options.get("include_usage")))
+    gen = GenRequest(kind, prompts, chat, config, method, stream, bool(options.get("include_usage")), n)
+    if gen.beams:
+        for name, bad in (("logprobs", logprobs is not None), ("stop", bool(config.stop))):
+            if bad:
+                raise invalid(name, f"{name} is not available with beams (n > 1 at temperature 0); "
+                              "drop it, or send temperature > 0 for n independent samples", "unsupported_parameter")
+    return gen
 
 
 def _object(body: Any) -> dict:
@@ -191,19 +238,21 @@ def _stop(value: Any) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def _prompt(value: Any) -> str | list[int]:
-    """A string, a list of token ids, or a list holding exactly one of those."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
-        value = value[0]
+def _prompts(value: Any) -> tuple:
+    """A string, a list of token ids, or a non-empty list of those (a batch of prompts)."""
+    if isinstance(value, list) and value and all(isinstance(p, (str, list)) for p in value):
+        return tuple(_prompt(p, f"prompt[{i}]") for i, p in enumerate(value))
+    return (_prompt(value, "prompt"),)
+
+
+def _prompt(value: Any, param: str) -> str | list[int]:
     if isinstance(value, str):
         if not value.strip():
-            raise invalid("prompt", "the prompt is empty; pass some text to continue")
-        return _utf8(value, "prompt")
+            raise invalid(param, f"the {param} is empty; pass some text to continue")
+        return _utf8(value, param)
     if isinstance(value, list) and value and all(type(t) is int and t >= 0 for t in value):
         return list(value)
-    if isinstance(value, list) and len(value) > 1 and all(isinstance(p, (str, list)) for p in value):
-        raise invalid("prompt", "this server takes one prompt per request; send the prompts separately")
-    raise invalid("prompt", "prompt must be a non-empty string or a list of token ids")
+    raise invalid(param, f"{param} must be a non-empty string or a list of token ids")
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
@@ -250,6 +299,10 @@ def _utf8(text: str, param: str) -> str:
 
 def check_prompt_size(prompt: Any, max_chars: int) -> None:
     """Refuse a prompt longer than max_chars characters before anything tokenizes it."""
+    if isinstance(prompt, tuple):  # a request's prompts
+        for one in prompt:
+            check_prompt_size(one, max_chars)
+        return
     if isinstance(prompt, str):
         size, param = len(prompt), "prompt"
     elif prompt and isinstance(prompt[0], dict):

@@ -6,6 +6,7 @@ running request has a thread of its own and the target batches their passes.
     job = scheduler.submit(work)     # QueueFull when max_queue jobs already wait
     kind, value = await job.next()   # events the work emits from the worker thread
     job.cancel()                     # leave the queue now, or stop at the work's next check
+    jobs = scheduler.submit_many([work, ...])  # all or none; one event queue (a request's choices)
 
 `work(job)` runs on the worker thread and reports through `job.emit(kind, value)`, which hands
 each event to the event loop with `call_soon_threadsafe`; it should look at `job.cancelled`
@@ -28,10 +29,11 @@ class QueueFull(Exception):
 class Job:
     """One request's passage through the worker."""
 
-    def __init__(self, work: Callable[["Job"], None], loop: asyncio.AbstractEventLoop):
+    def __init__(self, work: Callable[["Job"], None], loop: asyncio.AbstractEventLoop,
+                 events: "asyncio.Queue[tuple[str, Any]] | None" = None):
         self.work = work
         self._loop = loop
-        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue() if events is None else events
         self._cancel = threading.Event()
         self._on_cancel: Callable[[Job], None] | None = None
 
@@ -64,6 +66,17 @@ class Job:
             self.work(self)
         except Exception as err:  # reported to the handler, which turns it into a response
             self.emit("error", err)
+
+
+class Jobs(list):
+    """Jobs that share one event queue (submit_many): next() is any of theirs, cancel() all."""
+
+    async def next(self) -> tuple[str, Any]:
+        return await self[0].next()
+
+    def cancel(self) -> None:
+        for job in self:
+            job.cancel()
 
 
 class Scheduler:
@@ -108,16 +121,24 @@ class Scheduler:
             await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
     def submit(self, work: Callable[[Job], None]) -> Job:
+        return self.submit_many([work])[0]
+
+    def submit_many(self, works: list[Callable[[Job], None]]) -> Jobs:
+        """Queue every work or none (QueueFull); their events arrive on one queue."""
         if self._wake is None:
             raise RuntimeError("the scheduler is not started; await scheduler.start() first")
-        if len(self._waiting) >= self.max_queue:
-            raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry later")
-        job = Job(work, asyncio.get_running_loop())
-        job._on_cancel = self._drop
-        self._waiting.append(job)
-        self.submitted += 1
+        if len(self._waiting) + len(works) > self.max_queue:
+            raise QueueFull(f"the queue is full ({len(self._waiting)} of {self.max_queue} places taken, "
+                            f"{len(works)} asked for); retry later")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        jobs = Jobs(Job(work, loop, events) for work in works)
+        for job in jobs:
+            job._on_cancel = self._drop
+            self._waiting.append(job)
+        self.submitted += len(jobs)
         self._wake.set()
-        return job
+        return jobs
 
     def _drop(self, job: Job) -> None:
         """A cancelled job leaves the queue at once, freeing its place (event loop thread)."""
