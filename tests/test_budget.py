@@ -48,6 +48,19 @@ def test_tradeoff_matches_hand_computation():
     assert auto.choose() == 2
 
 
+def test_a_shared_pass_drafts_less_the_more_it_carries():
+    # node 0 always accepted, node 1 half the time; the pass is flat up to 8 rows, then linear
+    costs = {1: 1.0, 8: 1.0, 136: 1.0 + 128 * 0.1}
+    auto = AutoBudget(costs, max_budget=16)
+    for step in range(400):
+        auto.update(16, [0, 1] if step % 2 else [0])
+    assert auto.choose() == 7  # alone: every free row is worth a node
+    # beside 7 others (7 rows, 14 tokens): b=0 15/1.0, b=1 16/1.1, b=2 16.5/1.2 ... b=0 wins
+    assert auto.choose(rows=7, tokens=14) == 0
+    # beside one other in the flat part (2 rows, 2 tokens): b=2 keeps the pass at 5 rows, free
+    assert auto.choose(rows=2, tokens=2) >= 2
+
+
 def test_cached_pass_costs_reads_without_measuring(tmp_path):
     path = tmp_path / "costs.json"
     path.write_text(json.dumps({"k": {"1": 0.02, "8": 0.03}}))

@@ -6,6 +6,11 @@ first, is expected to add sum_{i<b} a_i accepted tokens, where a_i is how often 
 the accepted path. Each step picks the b that maximises expected tokens per second,
 (1 + sum_{i<b} a_i) / c(b + 1), from c measured once per model, dtype, device and thread count
 (cached on disk) and a_i learned online from the steps so far.
+
+In a shared pass (several requests batched, models/native/batch.py) the others' rows R and
+expected tokens T come on top: the b chosen maximises the pass's tokens per second,
+(T + 1 + sum_{i<b} a_i) / c(R + b + 1), so a node is worth its row only while its acceptance
+beats the whole pass's tokens per row at the margin; with many requests, each drafts less.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class AutoBudget:
     def __init__(self, costs: dict[int, float], max_budget: int = 128):
         self.max_budget = max_budget
         self.candidates = [b for b in CANDIDATES if b <= max_budget]
+        self.costs = costs
         self.cost = {b: interpolate(costs, b + 1) for b in self.candidates}
         self.proposed = torch.zeros(max_budget)  # decayed count of steps that drafted node i
         self.accepted = torch.zeros(max_budget)  # ... in which node i was accepted
@@ -82,9 +88,11 @@ class AutoBudget:
         # best first), which keeps a rarely tried deep node from looking good on its prior alone
         return torch.cummin((self.accepted + self.prior) / (self.proposed + 1.0), 0).values
 
-    def choose(self) -> int:
+    def choose(self, rows: int = 0, tokens: float = 0.0) -> int:
+        """The budget for the next step; `rows` and `tokens`: the other requests of a shared pass."""
         gain = torch.cumsum(self.rates(), 0).tolist()
-        return max(self.candidates, key=lambda b: (1 + (gain[b - 1] if b else 0.0)) / self.cost[b])
+        cost = self.cost if not rows else {b: interpolate(self.costs, rows + b + 1) for b in self.candidates}
+        return max(self.candidates, key=lambda b: (tokens + 1 + (gain[b - 1] if b else 0.0)) / cost[b])
 
     def update(self, asked: int, path: Sequence[int]) -> None:
         """`asked` nodes were asked for (those the drafter left out count as rejected);

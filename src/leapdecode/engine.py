@@ -232,6 +232,7 @@ class Engine:
         auto = AutoBudget(self.pass_costs()) if config.budget == "auto" else None
         budget = config.budget or drafter.default_budget
         cap = getattr(target, "draft_cap", None)
+        shared = getattr(target, "shared_load", None)
 
         start = time.perf_counter()
         target.reset()
@@ -245,9 +246,11 @@ class Engine:
                 return
             # never draft past max_new_tokens: the bonus always comes on top of the draft
             remaining = config.max_new_tokens - (len(context) - len(prompt_ids)) - 1
-            limit = max(0, min(auto.choose() if auto else budget, room, remaining))
-            if cap is not None:  # a batching target shares each pass among the requests
-                limit = min(limit, cap())
+            if auto:  # on a batching target, sized for the pass it shares with the others
+                want = auto.choose(*shared()) if shared else auto.choose()
+            else:  # a batching target shares each pass's rows among the requests
+                want = min(budget, cap()) if cap else budget
+            limit = max(0, min(want, room, remaining))
             draft = _clean(drafter.propose(context, limit), target.vocab_size, limit) if limit else EMPTY_DRAFT
             layout = tree.layout(draft)
             inputs = [context[-1], *draft.tokens]

@@ -103,6 +103,7 @@ def test_sequences_opened_at_once_get_distinct_regions_and_a_bad_part_fails_alon
         barrier.wait(10)
         with batched.open_sequence() as seq:
             got.append(seq.region.index)
+            barrier.wait(10)  # all four open before any pass: each pass waits for all of them
             try:
                 seq.prefill(tokens)
                 seq.forward([1] * 600, torch.arange(600), None)  # past this sequence's 512 slots

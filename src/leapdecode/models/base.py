@@ -13,8 +13,10 @@ empty) and drops the rest, so the cache again holds committed tokens only. `trim
 committed tokens past n. Nothing else is hidden: positions are explicit, and between a forward
 and its commit no other call is allowed (`PendingGuard`).
 
-A target may also offer `draft_cap()`: the most draft nodes a step should carry now (a batching
-target shares each pass among its requests); the engine then drafts no more than that.
+A batching target (several requests in each pass) also offers `draft_cap()`, the most draft
+nodes a fixed-budget step should carry now (the pass's rows shared among its requests), and
+`shared_load()`, the (rows, tokens kept) of the other requests' last passes, which `--budget
+auto` sizes each draft against.
 
 Capabilities say what a target can do beyond that protocol, so that a mode that needs more (the
 multi-output modes read a transformers model's own cache) fails with a message before it starts.

@@ -104,6 +104,13 @@ class Batcher:
     def draft_cap(self) -> int:
         return max(0, self.rows // max(1, len(self._open)) - 1)
 
+    def load_besides(self, seq: "SequenceTarget") -> tuple[int, int]:
+        """(rows, tokens kept) of the other open sequences' last passes: what a step of `seq`
+        shares its pass with (`--budget auto` sizes the draft for the whole pass)."""
+        with self._cond:
+            others = [s for s in self._open if s is not seq]
+            return sum(s.last_rows for s in others), sum(s.last_kept for s in others)
+
 
 class SequenceTarget:
     """One region of a NativeTarget's cache as a Target; its passes join the open sequences'."""
@@ -116,6 +123,7 @@ class SequenceTarget:
         self.vocab_size, self.context_window = owner.vocab_size, owner.context_window
         self.eos_ids, self.n_params, self.dtype = owner.eos_ids, owner.n_params, owner.dtype
         self.cache_key, self.capabilities = owner.cache_key, owner.capabilities
+        self.last_rows = self.last_kept = 0  # this sequence's last pass: rows fed, tokens kept
         region.length = 0
         region.guard.clear()
 
@@ -132,16 +140,19 @@ class SequenceTarget:
 
         for start in range(0, len(tokens), PREFILL_CHUNK):
             chunk = list(tokens[start:start + PREFILL_CHUNK])
+            self.last_rows, self.last_kept = len(chunk), 0
             self.batcher.run(self, Part(self.region, chunk, torch.arange(len(chunk)), None, head=False))
             self.commit_all()
 
     def forward(self, tokens: Sequence[int], depths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         from .target import Part
 
+        self.last_rows = len(tokens)
         return self.batcher.run(self, Part(self.region, list(tokens), depths, mask, head=True))
 
     def commit(self, keep: Sequence[int]) -> None:
         self.owner.commit_region(self.region, keep)
+        self.last_kept = len(keep)  # the step's new tokens: accepted + bonus
 
     def commit_all(self) -> None:
         self.region.length += self.region.guard.done()
@@ -154,3 +165,6 @@ class SequenceTarget:
     def draft_cap(self) -> int:
         """The most draft nodes a step may carry now (the pass's rows shared by the open sequences)."""
         return self.batcher.draft_cap()
+
+    def shared_load(self) -> tuple[int, int]:
+        return self.batcher.load_besides(self)
