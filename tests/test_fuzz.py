@@ -64,7 +64,7 @@ def test_cli_numbers_clean(flag, text):
 
 
 @SETTINGS
-@given(st.text(max_size=40))
+@given(st.text(max_size=40).filter(lambda t: t != "-"))  # "-" means: read stdin (tested in test_cli)
 def test_prompt_text_clean(text):
     try:
         assert read_prompt(text) == text

@@ -95,3 +95,25 @@ def test_llamacpp_prompt_lookup_long_prompt(engine):
     assert len(ids) > 512
     out = lookup.generate(ids, 4)
     assert 1 <= len(out.token_ids) <= 4
+
+
+def test_llama_server_runners(engine):
+    """llama.cpp's own server, started by the runner (scripts/test.sh builds it)."""
+    from leapdecode.bench.cli import gguf_file
+    from leapdecode.bench.runners import Setup, build_runners
+
+    setup = Setup(engine, gguf=gguf_file("smollm2-135m"), n_ctx=256, threads=1)
+    greedy, ngram = build_runners(["llama-server-greedy", "llama-server-ngram"], setup)
+    try:
+        ids = engine.encode("Repeat exactly: the quick brown fox jumps over the lazy dog. the quick brown fox")
+        a, b = greedy.generate(ids, 8), greedy.generate(ids, 8)
+        assert a.token_ids == b.token_ids and 1 <= len(a.token_ids) <= 8  # no prompt cache between runs
+        assert a.steps == len(a.token_ids)
+        c = ngram.generate(ids, 8)
+        assert c.token_ids == a.token_ids  # its speculation keeps its greedy output
+        assert 1 <= c.steps <= len(c.token_ids)
+        with pytest.raises(ValueError, match="does not fit"):
+            greedy.generate(ids, 500)
+    finally:
+        greedy.server.stop()
+        ngram.server.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from leapdecode.bench import loadtest
@@ -28,3 +30,14 @@ def test_a_level_counts_every_request_and_token(server, tmp_path):
 def test_bad_input_is_one_line(capsys, args, message):
     assert main(["loadtest", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_llama_server_system_runs_for_real(tmp_path, capsys):
+    """The peer of the load test: llama-server with parallel slots, started by the load test."""
+    out = tmp_path / "load"
+    assert main(["loadtest", "--systems", "llama-server", "--concurrency", "2", "--max-new-tokens", "4",
+                 "--threads", "1", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["systems"]["llama-server"]
+    assert row["requests"] == 2 and 2 <= row["tokens"] <= 8 and row["tokens_per_s"] > 0
+    assert "| llama-server | 2 | 2 |" in capsys.readouterr().out

@@ -21,6 +21,7 @@ from .questions import Question, default_questions_path, load_questions, round_r
 from .runners import PEER_OPTIONS, all_methods, check_methods, family, has_package, own_greedy, split_method
 
 DEFAULT_METHODS = f"none,{DEFAULT_METHOD}"
+GGUF_FAMILIES = ("llamacpp", "llama-server")  # peers that run the model's GGUF file
 
 
 def add_parser(sub: Any) -> None:
@@ -99,7 +100,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.baseline not in methods:
         methods.insert(0, args.baseline)
     llamacpp = args.backend == "llamacpp"
-    check_model(args.model, "--model", need_gguf=llamacpp or any(family(m) == "llamacpp" for m in methods))
+    check_model(args.model, "--model", need_gguf=llamacpp or any(family(m) in GGUF_FAMILIES for m in methods))
     args.backend = resolve_backend(args, notice=lambda line: print(f"leapdecode bench: {line}", file=sys.stderr))
     if args.dtype == "int8" and args.backend != "native":
         from ..models.registry import INT8_NEEDS_NATIVE
@@ -197,7 +198,7 @@ def run(plan: Plan) -> dict[str, Any]:
         from ..models.registry import load_model
 
         setup.draft_model = load_model(args.draft_model, setup.hf_dtype, args.device)[0]
-    if any(family(m) == "llamacpp" for m in methods):
+    if any(family(m) in GGUF_FAMILIES for m in methods):
         setup.gguf = gguf_file(args.model)
         needed = context_needed(engine, plan.questions, args.max_new_tokens)
         setup.n_ctx = min(engine.target.context_window, needed)

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,9 +29,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..options import add_model_args
+from .servers import BUILD_HINT, LLAMA_SERVER, Started, free_port, llama_server_command
 
 SYSTEMS = ("leapdecode", "leapdecode-none", "leapdecode-serial", "llama-server")
-LLAMA_SERVER = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leapdecode" / "llama-server" / "bin" / "llama-server"
 
 
 def add_parser(sub: Any) -> None:
@@ -72,7 +69,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.max_new_tokens < 1:
         raise ValueError("--rounds and --max-new-tokens must be >= 1")
     if "llama-server" in systems and not LLAMA_SERVER.exists():
-        raise ValueError(f"llama-server is not built; run: bash scripts/build_llama_server.sh (or drop it from --systems)")
+        raise ValueError(f"{BUILD_HINT} (or drop it from --systems)")
     from .questions import default_questions_path, load_questions
 
     prompts = [q.turns[0] for q in load_questions(default_questions_path())]
@@ -97,56 +94,21 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 # ---- the servers ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _start(system: str, args: argparse.Namespace, batch: int) -> Started:
+    """A system's server on a free port; the context yields its base URL and stops it after."""
+    port = free_port()
+    if system == "llama-server":
+        from ..models.llamacpp import locate_gguf
 
-
-class _start:
-    """Start a system's server on a free port; the context yields its base URL, stops it after."""
-
-    def __init__(self, system: str, args: argparse.Namespace, batch: int):
-        self.port = _free_port()
-        threads = str(args.threads)
-        if system == "llama-server":
-            from ..models.llamacpp import locate_gguf
-
-            context = (1024 + args.max_new_tokens) * batch  # llama-server splits -c among its slots
-            self.cmd = [str(LLAMA_SERVER), "-m", str(locate_gguf(args.model)), "--host", "127.0.0.1",
-                        "--port", str(self.port), "-t", threads, "-tb", threads, "--parallel", str(batch),
-                        "-c", str(context), "--cont-batching", "--no-webui", "-fa", "on"]
-        else:
-            method = "none" if system != "leapdecode" else args.method
-            self.cmd = [sys.executable, "-m", "leapdecode.cli", "serve", "--model", args.model, "--dtype", args.dtype,
-                        "--threads", threads, "--port", str(self.port), "--method", method,
-                        "--batch", "1" if system == "leapdecode-serial" else str(batch), "--log-level", "warning",
-                        "--max-queue", "1024"]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> str:
-        import httpx
-
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ValueError(f"{self.cmd[0]} exited at start: {self.proc.stderr.read()[-500:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self.url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.proc.kill()
-        raise ValueError(f"{self.cmd[0]} did not answer /health within 300 s")
-
-    def __exit__(self, *exc: Any) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        context = (1024 + args.max_new_tokens) * batch  # llama-server splits -c among its slots
+        cmd = llama_server_command(locate_gguf(args.model), port, args.threads, batch, context)
+    else:
+        method = "none" if system != "leapdecode" else args.method
+        cmd = [sys.executable, "-m", "leapdecode.cli", "serve", "--model", args.model, "--dtype", args.dtype,
+               "--threads", str(args.threads), "--port", str(port), "--method", method,
+               "--batch", "1" if system == "leapdecode-serial" else str(batch), "--log-level", "warning",
+               "--max-queue", "1024"]
+    return Started(cmd, f"http://127.0.0.1:{port}")
 
 
 # ---- one level -----------------------------------------------------------------------------

@@ -17,6 +17,10 @@ Peers:
   converted from (quantized weights, another numeric backend), greedy sampling (temperature 0),
   the second with `LlamaPromptLookupDecoding(num_pred_tokens=10)` as its draft model. Steps are
   llama.cpp `eval` calls: one for the prompt, then one per draft.
+- `llama-server-greedy`, `llama-server-ngram`: llama.cpp's own server (the same vendored llama.cpp,
+  built by scripts/build_llama_server.sh) on the GGUF file, one slot, `POST /completion` with the
+  prompt's token ids at temperature 0 and no prompt cache; the second with its draftless n-gram
+  speculation (`LLAMA_SERVER_NGRAM`). Steps are new tokens minus the drafts it reports accepted.
 """
 
 from __future__ import annotations
@@ -40,7 +44,13 @@ PEERS: dict[str, str] = {
     "hf-assisted": "hf",
     "llamacpp-greedy": "llamacpp",
     "llamacpp-prompt-lookup": "llamacpp",
+    "llama-server-greedy": "llama-server",
+    "llama-server-ngram": "llama-server",
 }
+# llama-server's draftless speculation for `llama-server-ngram`: an n-gram map of the context
+# (3-token keys, drafts of up to 10), the fastest of its n-gram modes on the dev questions
+LLAMA_SERVER_NGRAM = ("--spec-type", "ngram-map-k", "--spec-ngram-map-k-size-n", "3",
+                      "--spec-ngram-map-k-size-m", "10")
 PEER_OPTIONS = {  # as recorded in results.json
     "hf-none": "leapdecode engine, method none, backend transformers",
     "hf-greedy": "model.generate(do_sample=False)",
@@ -50,8 +60,11 @@ PEER_OPTIONS = {  # as recorded in results.json
     "llamacpp-greedy": "Llama(logits_all=False).generate(temp=0, top_k=1)",
     "llamacpp-prompt-lookup": "Llama(logits_all=True, draft_model=LlamaPromptLookupDecoding("
                               f"num_pred_tokens={PROMPT_LOOKUP_TOKENS})).generate(temp=0, top_k=1)",
+    "llama-server-greedy": "llama-server --parallel 1; POST /completion temperature=0",
+    "llama-server-ngram": f"llama-server --parallel 1 {' '.join(LLAMA_SERVER_NGRAM)}; POST /completion temperature=0",
 }
-FAMILY_GREEDY = {"leapdecode": "none", "leapdecode-hf": "hf-none", "hf": "hf-greedy", "llamacpp": "llamacpp-greedy"}
+FAMILY_GREEDY = {"leapdecode": "none", "leapdecode-hf": "hf-none", "hf": "hf-greedy", "llamacpp": "llamacpp-greedy",
+                 "llama-server": "llama-server-greedy"}
 # optional package (import name) -> how to install it
 OPTIONAL_PACKAGES = {
     "llama_cpp": "pip install 'leapdecode[llamacpp]' "
@@ -106,6 +119,11 @@ def check_methods(methods: Sequence[str], draft_model: str | None,
             raise ValueError(f"unknown method {name!r}; choose from: {', '.join(known)}")
     if "hf-assisted" in methods and not draft_model:
         raise ValueError("method 'hf-assisted' needs a draft model: add --draft-model NAME")
+    if any(family(m) == "llama-server" for m in methods):
+        from .servers import BUILD_HINT, LLAMA_SERVER
+
+        if not LLAMA_SERVER.exists():
+            raise ValueError(BUILD_HINT)
     for method in methods:
         package = PEER_PACKAGES.get(method)
         if package and not available(package):
@@ -223,6 +241,40 @@ class LlamaCppRunner:
         return Output(tokens, steps, wall)
 
 
+class LlamaServerRunner:
+    """llama.cpp's llama-server on a GGUF file (started here, one slot), greedy over HTTP."""
+
+    def __init__(self, name: str, gguf: Path, eos_ids: set[int], threads: int, n_ctx: int,
+                 extra: Sequence[str] = ()):
+        import atexit
+
+        from .servers import Started, free_port, llama_server_command
+
+        self.name, self.eos_ids, self.n_ctx = name, set(eos_ids), n_ctx
+        port = free_port()
+        self.server = Started(llama_server_command(gguf, port, threads, 1, n_ctx, extra), f"http://127.0.0.1:{port}")
+        self.url = self.server.__enter__()
+        atexit.register(self.server.stop)
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Output:
+        import httpx
+
+        if len(prompt_ids) + max_new_tokens > self.n_ctx:
+            raise ValueError(f"{self.name}: a prompt of {len(prompt_ids)} tokens + {max_new_tokens} new tokens does "
+                             f"not fit the context of {self.n_ctx}")
+        body = {"prompt": list(prompt_ids), "n_predict": max_new_tokens, "temperature": 0.0, "top_k": 1,
+                "cache_prompt": False, "return_tokens": True, "stream": False}
+        start = time.perf_counter()
+        reply = httpx.post(f"{self.url}/completion", json=body, timeout=600).json()
+        wall = time.perf_counter() - start
+        tokens = [int(t) for t in reply["tokens"]]
+        if reply.get("stop_type") == "eos" and (not tokens or tokens[-1] not in self.eos_ids):
+            tokens.append(min(self.eos_ids))  # it ends on EOS without returning it; the engine keeps it
+        tokens = cut_at_eos(tokens, self.eos_ids, max_new_tokens)
+        accepted = int(reply.get("timings", {}).get("draft_n_accepted") or 0)
+        return Output(tokens, max(1, len(tokens) - accepted), wall)
+
+
 def _counting_prompt_lookup() -> Any:
     """llama-cpp-python's prompt-lookup draft model (num_pred_tokens=10), counting its calls."""
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
@@ -282,6 +334,12 @@ def _llamacpp(name: str, setup: Setup, prompt_lookup: bool) -> LlamaCppRunner:
     return LlamaCppRunner(name, setup.gguf, setup.engine.eos_ids, setup.threads, setup.n_ctx, prompt_lookup)
 
 
+def _llama_server(name: str, setup: Setup, extra: Sequence[str]) -> LlamaServerRunner:
+    if setup.gguf is None:
+        raise ValueError(f"method {name!r} needs the model's GGUF file: pass a packaged model or a .gguf")
+    return LlamaServerRunner(name, setup.gguf, setup.engine.eos_ids, setup.threads, setup.n_ctx, extra)
+
+
 PEER_RUNNERS: dict[str, Callable[[Setup], Any]] = {
     "hf-none": lambda s: EngineRunner(s.hf_engine(), "none", name="hf-none"),
     "hf-greedy": lambda s: HFRunner("hf-greedy", s.hf_model(), s.engine.eos_ids),
@@ -291,6 +349,8 @@ PEER_RUNNERS: dict[str, Callable[[Setup], Any]] = {
     "hf-assisted": lambda s: HFRunner("hf-assisted", s.hf_model(), s.engine.eos_ids, assistant_model=s.draft_model),
     "llamacpp-greedy": lambda s: _llamacpp("llamacpp-greedy", s, prompt_lookup=False),
     "llamacpp-prompt-lookup": lambda s: _llamacpp("llamacpp-prompt-lookup", s, prompt_lookup=True),
+    "llama-server-greedy": lambda s: _llama_server("llama-server-greedy", s, ()),
+    "llama-server-ngram": lambda s: _llama_server("llama-server-ngram", s, LLAMA_SERVER_NGRAM),
 }
 assert set(PEER_RUNNERS) == set(PEERS)
 
