@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -215,7 +215,9 @@ class Engine:
 
         key = f"{self.name}|{self.target.cache_key}"
         if key not in self._pass_costs:
-            self._pass_costs[key] = cached_pass_costs(self.target, key, cache_dir() / "pass_costs.json")
+            hold = getattr(self.target, "decoding", None)
+            with hold() if hold else nullcontext():  # measured as the passes will run
+                self._pass_costs[key] = cached_pass_costs(self.target, key, cache_dir() / "pass_costs.json")
         return self._pass_costs[key]
 
     # ---- the loop -----------------------------------------------------------------------
@@ -226,6 +228,13 @@ class Engine:
         """Yield the tokens each step commits (accepted + bonus), forever; the caller stops.
         With config.logprobs set, each committed token's TokenLogprob is appended to `logprobs`."""
         target = self.target
+
+        hold = getattr(target, "decoding", None)  # what the target needs held while it decodes
+        with hold() if hold else nullcontext():
+            yield from self._loop(target, prompt_ids, config, drafter, stats, logprobs)
+
+    def _loop(self, target: Target, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter,
+              stats: Stats, logprobs: list[TokenLogprob] | None) -> Iterator[list[int]]:
         greedy = config.sampling.greedy
         warp = None if greedy else make_warp(config.sampling)
         generator = None if greedy else make_generator(config.sampling.seed)

@@ -20,7 +20,7 @@ slower passes.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
@@ -165,6 +165,9 @@ class SequenceTarget:
     def draft_cap(self) -> int:
         """The most draft nodes a step may carry now (the pass's rows shared by the open sequences)."""
         return self.batcher.draft_cap()
+
+    def decoding(self) -> AbstractContextManager:
+        return self.owner.decoding()
 
     def shared_load(self) -> tuple[int, int]:
         return self.batcher.load_besides(self)

@@ -1,4 +1,9 @@
-"""Compile csrc/kernels.c once per (source, flags, CPU) into ~/.cache/leapdecode/kernels and load it with ctypes."""
+"""Compile csrc/kernels.c once per (source, flags, CPU) into ~/.cache/leapdecode/kernels and load it with ctypes.
+
+The kernels split their work over a pool of threads of their own (csrc/kernels.c), not OpenMP's,
+so a pass costs the same whichever Python thread makes it (a server's workers, the request that
+completes a batch); the pool serves one call at a time (`kernels()` holds a lock around each).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 SOURCE = Path(__file__).parent / "csrc" / "kernels.c"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-pthread", "-ffp-contract=off", "-shared", "-fPIC"]
 if os.environ.get("LEAPDECODE_NATIVE_AVX2"):  # the 8-lane kernels of AVX2-only CPUs, on any x86 CPU
     FLAGS.append("-mno-avx512f")
 CACHE = Path.home() / ".cache" / "leapdecode" / "kernels"
@@ -67,8 +75,54 @@ def _compile(target: Path) -> None:
             os.unlink(tmp)
 
 
+class Kernels:
+    """The library's functions, one call at a time: the kernels' thread pool serves one caller."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self._lock = threading.Lock()
+        for name in SIGNATURES:
+            setattr(self, name, self._serialized(getattr(lib, name)))
+
+    def _serialized(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            with self._lock:
+                return fn(*args)
+
+        return call
+
+
+_held = 0
+_held_lock = threading.Lock()
+_torch_threads = 1
+
+
+@contextmanager
+def torch_single_threaded() -> Iterator[None]:
+    """Torch's own ops run on one thread while a generation decodes on the kernels.
+
+    Torch's OpenMP workers spin for a while after each parallel op (an argmax over the vocabulary,
+    say); spinning beside the kernels' threads they took the CPUs from them and made a pass of 4
+    inputs cost 1.5-1.9x. The engine's torch ops are small. Counted: the last generation to end
+    gives torch its thread count back."""
+    global _held, _torch_threads
+    import torch
+
+    with _held_lock:
+        if _held == 0:
+            _torch_threads = torch.get_num_threads()
+        _held += 1
+    torch.set_num_threads(1)  # this thread's OpenMP setting, and the default of new threads
+    try:
+        yield
+    finally:
+        with _held_lock:
+            _held -= 1
+            if _held == 0:
+                torch.set_num_threads(_torch_threads)
+
+
 @lru_cache(maxsize=1)
-def kernels() -> ctypes.CDLL:
+def kernels() -> Kernels:
     path = library_path()
     if not path.exists():
         _compile(path)
@@ -76,4 +130,4 @@ def kernels() -> ctypes.CDLL:
     for name, args in SIGNATURES.items():
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = RESULTS.get(name)
-    return lib
+    return Kernels(lib)

@@ -22,7 +22,7 @@ import torch
 
 from ..base import Capabilities, PendingGuard, check_trim
 from . import ops
-from .build import kernels
+from .build import kernels, library_path, torch_single_threaded
 from .model import Model, load_model
 
 PREFILL_CHUNK = 256
@@ -68,7 +68,8 @@ class NativeTarget:
         self.context_window = min(max_len, int(m.config.get("max_position_embeddings") or max_len))
         self.eos_ids = frozenset(_eos_ids(self.directory, m.config))
         self.n_params = m.n_params
-        self.cache_key = f"{self.directory}|{dtype}|threads={self.threads}|native"
+        # the kernels' build is part of the key: measured pass costs are theirs
+        self.cache_key = f"{self.directory}|{dtype}|threads={self.threads}|native|{library_path().stem}"
         self.capabilities = Capabilities(trimmable=True, tree=True, hf_model=False, batch_invariant=True)
         if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
             raise ValueError(f"sequences must be an integer >= 1, got {sequences!r}")
@@ -90,6 +91,10 @@ class NativeTarget:
     def reset(self) -> None:
         self._own.length = 0
         self.guard.clear()
+
+    def decoding(self) -> AbstractContextManager:
+        """Held by the engine while a generation decodes here (build.torch_single_threaded)."""
+        return torch_single_threaded()
 
     def open_sequence(self) -> AbstractContextManager:
         """A context manager giving a free sequence (a Target of its own) whose passes run

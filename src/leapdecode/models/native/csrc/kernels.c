@@ -4,17 +4,19 @@
  * The one rule: a row's result never depends on how many rows run with it, nor on its position.
  * Every (row, output) dot product runs over k in LANES-wide FMA chunks (16 with AVX-512, else 8) in
  * ascending k, then one fixed horizontal sum, then the scale, then the bias; tiling over rows/outputs
- * and the OpenMP split only regroup whole accumulators. Built by leapdecode/models/native/build.py
- * with gcc -O3 -march=native -fopenmp -ffp-contract=off (no -ffast-math, no implicit FMA
+ * and the threads' split only regroup whole accumulators. Built by leapdecode/models/native/build.py
+ * with gcc -O3 -march=native -pthread -ffp-contract=off (no -ffast-math, no implicit FMA
  * contraction: every fused multiply-add is an explicit intrinsic, so two code paths computing the
  * same value round the same way).
  */
 #include <immintrin.h>
 #include <math.h>
-#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { F32 = 0, BF16 = 1, I8 = 2 };
 
@@ -23,8 +25,91 @@ static int g_profile = 0;
 static double g_times[3]; /* linear, attention, rest */
 void set_profile(int on) { g_profile = on; memset(g_times, 0, sizeof g_times); }
 void get_profile(double *out) { memcpy(out, g_times, sizeof g_times); }
-#define TIC double t0_ = g_profile ? omp_get_wtime() : 0
-#define TOC(cat) if (g_profile) g_times[cat] += (omp_get_wtime() - t0_) * 1e3
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+#define TIC double t0_ = g_profile ? now_s() : 0
+#define TOC(cat) if (g_profile) g_times[cat] += (now_s() - t0_) * 1e3
+
+/* ---- the threads ------------------------------------------------------------------------------
+ * Our own fork-join pool, not OpenMP: libgomp (which torch loads too, under the same name) keeps a
+ * pool per thread that opens a parallel region, and once it manages more threads than CPUs its
+ * workers sleep between regions instead of spinning, which doubled a pass made off the main thread.
+ * Here the workers spin between the regions of a pass and sleep after SPIN_NS without work, so
+ * they do not take the CPUs from Python between passes. parallel_for splits [0, n) as OpenMP's
+ * static schedule does (contiguous, the first n % T threads one more); any split gives every
+ * output the same arithmetic. */
+typedef void (*Body)(void *ctx, int lo, int hi);
+enum { MAX_THREADS = 256 };
+#define SPIN_NS 200000L
+static int g_threads = 1, g_workers = 0;
+static pthread_t g_tid[MAX_THREADS];
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_wake = PTHREAD_COND_INITIALIZER;
+static atomic_long g_gen = 0;   /* bumped once per job */
+static atomic_int g_done = 0;   /* workers finished with the current job */
+static atomic_int g_sleepers = 0;
+static long g_start[MAX_THREADS]; /* the job count a worker was started at */
+static Body g_body;
+static void *g_ctx;
+static int g_n, g_team;
+
+static void chunk(int t, int team, int n, int *lo, int *hi) {
+    int q = n / team, r = n % team;
+    *lo = t * q + (t < r ? t : r);
+    *hi = *lo + q + (t < r);
+}
+
+static void *worker(void *arg) {
+    const int t = (int)(intptr_t)arg;
+    long seen = g_start[t];
+    for (;;) {
+        double since = now_s();
+        int spins = 0;
+        while (atomic_load(&g_gen) == seen) {
+            _mm_pause();
+            if (++spins % 1024 == 0 && (now_s() - since) * 1e9 > SPIN_NS) {
+                pthread_mutex_lock(&g_mu);
+                atomic_fetch_add(&g_sleepers, 1);
+                while (atomic_load(&g_gen) == seen) pthread_cond_wait(&g_wake, &g_mu);
+                atomic_fetch_sub(&g_sleepers, 1);
+                pthread_mutex_unlock(&g_mu);
+            }
+        }
+        seen = atomic_load(&g_gen);
+        if (t < g_team) {
+            int lo, hi;
+            chunk(t, g_team, g_n, &lo, &hi);
+            if (lo < hi) g_body(g_ctx, lo, hi);
+        }
+        atomic_fetch_add(&g_done, 1);
+    }
+    return NULL;
+}
+
+/* body(ctx, lo, hi) over [0, n) split among the threads; the caller is thread 0. One caller at a
+ * time (the Python side makes every call from one thread, build.py). */
+static void parallel_for(int n, Body body, void *ctx) {
+    const int team = g_threads < n ? g_threads : (n > 0 ? n : 1);
+    if (team <= 1 || g_workers == 0) {
+        if (n > 0) body(ctx, 0, n);
+        return;
+    }
+    g_body = body, g_ctx = ctx, g_n = n, g_team = team;
+    atomic_store(&g_done, 0);
+    atomic_fetch_add(&g_gen, 1);
+    if (atomic_load(&g_sleepers) > 0) {
+        pthread_mutex_lock(&g_mu);
+        pthread_cond_broadcast(&g_wake);
+        pthread_mutex_unlock(&g_mu);
+    }
+    int lo, hi;
+    chunk(0, team, n, &lo, &hi);
+    body(ctx, lo, hi);
+    while (atomic_load(&g_done) < g_workers) _mm_pause();
+}
 
 /* fixed-order horizontal sum of 8 lanes: (0+4, 1+5, 2+6, 3+7) then pairs, then the last pair */
 static inline float hsum8(__m256 v) {
@@ -162,7 +247,8 @@ static inline __attribute__((always_inline)) void tile(int fmt, int R, const flo
  * group; a single row runs against all 8 outputs at once. Every tile computes each dot product
  * identically: the same FMAs in the same order, the same finish. */
 static inline __attribute__((always_inline)) void linear_body(int fmt, const float *x, int n, int in, const void *w,
-                                                              const float *scale, const float *bias, float *y, int out) {
+                                                              const float *scale, const float *bias, float *y, int out,
+                                                              int ob_lo, int ob_hi) {
     const int wbytes = fmt == F32 ? 4 : fmt == BF16 ? 2 : 1;
     const char *wb = (const char *)w;
     const int blocks = (out + 7) / 8, inv = in - in % LANES;
@@ -170,8 +256,8 @@ static inline __attribute__((always_inline)) void linear_body(int fmt, const flo
     const long block_bytes = 8L * in * wbytes;
     const long steps = (n == 1 ? 1 : (long)groups * ((8 + TILE_OUT - 1) / TILE_OUT)) * (inv / LANES);
     const int per_step = (int)((block_bytes / 64 + steps - 1) / (steps > 0 ? steps : 1));
-    #pragma omp parallel for schedule(static)
-    for (int ob = 0; ob < blocks; ob++) {
+    (void)blocks;
+    for (int ob = ob_lo; ob < ob_hi; ob++) {
         int o0 = ob * 8, no = out - o0 < 8 ? out - o0 : 8;
         const char *wr[8];
         for (int t = 0; t < 8; t++) wr[t] = wb + (long)(o0 + (t < no ? t : 0)) * in * wbytes;
@@ -210,15 +296,19 @@ static inline __attribute__((always_inline)) void linear_body(int fmt, const flo
         }
     }
 }
-void linear_f32(const float *x, int n, int in, const void *w, const float *s, const float *b, float *y, int out) {
-    linear_body(F32, x, n, in, w, s, b, y, out);
-}
-void linear_bf16(const float *x, int n, int in, const void *w, const float *s, const float *b, float *y, int out) {
-    linear_body(BF16, x, n, in, w, s, b, y, out);
-}
-void linear_i8(const float *x, int n, int in, const void *w, const float *s, const float *b, float *y, int out) {
-    linear_body(I8, x, n, in, w, s, b, y, out);
-}
+typedef struct { const float *x; int n, in; const void *w; const float *s, *b; float *y; int out; } LinearArgs;
+#define LINEAR(NAME, FMT)                                                                                     \
+    static void NAME##_chunk(void *ctx, int lo, int hi) {                                                    \
+        const LinearArgs *a = ctx;                                                                           \
+        linear_body(FMT, a->x, a->n, a->in, a->w, a->s, a->b, a->y, a->out, lo, hi);                         \
+    }                                                                                                        \
+    void NAME(const float *x, int n, int in, const void *w, const float *s, const float *b, float *y, int out) { \
+        LinearArgs a = {x, n, in, w, s, b, y, out};                                                          \
+        parallel_for((out + 7) / 8, NAME##_chunk, &a);                                                       \
+    }
+LINEAR(linear_f32, F32)
+LINEAR(linear_bf16, BF16)
+LINEAR(linear_i8, I8)
 
 typedef struct {
     const void *w;
@@ -247,18 +337,25 @@ static inline float dot(const float *a, const float *b, int d) {
  * sum and the weighted sum run in that order, so a query's result is the same whether its
  * ancestors are in the pass or already committed, and wherever its sequence sits in the cache.
  * window > 0 keeps only the cache slots of positions > pos[j] - window. */
-void attention(const float *q, int n, int heads, int kv_heads, int d, const float *kc, const float *vc,
-               int max_len, const int *lo, const int *hi, const int *extra, const int *count, int max_extra,
-               float scale, int window, const int *pos, float *out) {
-    int widest = 0;
-    for (int j = 0; j < n; j++) if (hi[j] - lo[j] > widest) widest = hi[j] - lo[j];
-    const int group = heads / kv_heads, cap = widest + max_extra + 1;
-    #pragma omp parallel
+typedef struct {
+    const float *q, *kc, *vc;
+    const int *lo, *hi, *extra, *count, *pos;
+    float *out, scale;
+    int heads, kv_heads, d, max_len, max_extra, window, cap;
+} AttentionArgs;
+
+static void attention_chunk(void *ctx, int jg_lo, int jg_hi) {
+    const AttentionArgs *a = ctx;
+    const float *q = a->q, *kc = a->kc, *vc = a->vc;
+    const int *lo = a->lo, *hi = a->hi, *extra = a->extra, *count = a->count, *pos = a->pos;
+    const int heads = a->heads, kv_heads = a->kv_heads, d = a->d, max_len = a->max_len, max_extra = a->max_extra;
+    const int window = a->window, cap = a->cap, group = heads / kv_heads;
+    const float scale = a->scale;
+    float *out = a->out;
     {
         float *s = malloc(sizeof(float) * (size_t)cap * group);
         int *slot = malloc(sizeof(int) * (size_t)cap);
-        #pragma omp for schedule(static)
-        for (int jg = 0; jg < n * kv_heads; jg++) { /* one query row x one kv head (its group of q heads) */
+        for (int jg = jg_lo; jg < jg_hi; jg++) { /* one query row x one kv head (its group of q heads) */
             int j = jg / kv_heads, g = jg % kv_heads;
             const float *kb = kc + (long)g * max_len * d, *vb = vc + (long)g * max_len * d;
             int first = lo[j];
@@ -311,6 +408,16 @@ void attention(const float *q, int n, int heads, int kv_heads, int d, const floa
     }
 }
 
+void attention(const float *q, int n, int heads, int kv_heads, int d, const float *kc, const float *vc,
+               int max_len, const int *lo, const int *hi, const int *extra, const int *count, int max_extra,
+               float scale, int window, const int *pos, float *out) {
+    int widest = 0;
+    for (int j = 0; j < n; j++) if (hi[j] - lo[j] > widest) widest = hi[j] - lo[j];
+    AttentionArgs a = {q, kc, vc, lo, hi, extra, count, pos, out, scale, heads, kv_heads, d, max_len, max_extra,
+                       window, widest + max_extra + 1};
+    parallel_for(n * kv_heads, attention_chunk, &a);
+}
+
 /* y[n, d] = x * rsqrt(mean(x^2) + eps) * (w + offset); offset = 1 for Gemma's (1 + w) */
 void rmsnorm(const float *x, int n, int d, const float *w, float eps, float offset, float *y) {
     for (int r = 0; r < n; r++) {
@@ -322,10 +429,15 @@ void rmsnorm(const float *x, int n, int d, const float *w, float eps, float offs
 
 /* gu: [n, 2*m] (gate then up), m % 8 == 0; y[n, m] = act(gate) * up; act 0 = silu, 1 = gelu-tanh
  * (tanh z = 1 - 2 / (e^(2z) + 1)) */
-void gated_act(const float *gu, int n, int m, int act, float *y) {
+typedef struct { const float *gu; int m, act; float *y; } ActArgs;
+
+static void gated_act_chunk(void *ctx, int r_lo, int r_hi) {
+    const ActArgs *p = ctx;
+    const float *gu = p->gu;
+    const int m = p->m, act = p->act;
+    float *y = p->y;
     const __m256 one = _mm256_set1_ps(1.f), half = _mm256_set1_ps(0.5f), two = _mm256_set1_ps(2.f);
-    #pragma omp parallel for schedule(static)
-    for (int r = 0; r < n; r++)
+    for (int r = r_lo; r < r_hi; r++)
         for (int k = 0; k < m; k += 8) {
             __m256 g = _mm256_loadu_ps(gu + (long)r * 2 * m + k), u = _mm256_loadu_ps(gu + (long)r * 2 * m + m + k), a;
             if (act == 0) {
@@ -338,6 +450,11 @@ void gated_act(const float *gu, int n, int m, int act, float *y) {
             }
             _mm256_storeu_ps(y + (long)r * m + k, _mm256_mul_ps(a, u));
         }
+}
+
+void gated_act(const float *gu, int n, int m, int act, float *y) {
+    ActArgs a = {gu, m, act, y};
+    parallel_for(n, gated_act_chunk, &a);
 }
 
 /* x[d] rotated by halves in place: (a, b) -> (a cos - b sin, b cos + a sin) */
@@ -439,20 +556,47 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
 }
 
 /* the sum of n floats, read once: the memory bandwidth probe of `leapdecode profile` */
-double stream_sum(const float *x, long n) {
+typedef struct { const float *x; int team, chunks; double part[MAX_THREADS]; } SumArgs;
+
+static void stream_sum_chunk(void *ctx, int c_lo, int c_hi) {
+    SumArgs *p = ctx;
     double total = 0;
-    #pragma omp parallel for reduction(+:total) schedule(static)
-    for (long c = 0; c < n / 4096; c++) {
+    for (long c = c_lo; c < c_hi; c++) {
         __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
-        const float *p = x + c * 4096;
+        const float *q = p->x + c * 4096;
         for (int k = 0; k < 4096; k += 16) {
-            a = _mm256_add_ps(a, _mm256_loadu_ps(p + k));
-            b = _mm256_add_ps(b, _mm256_loadu_ps(p + k + 8));
+            a = _mm256_add_ps(a, _mm256_loadu_ps(q + k));
+            b = _mm256_add_ps(b, _mm256_loadu_ps(q + k + 8));
         }
         total += hsum8(_mm256_add_ps(a, b));
     }
+    for (int t = 0; t < p->team; t++) { /* this chunk's thread: the one whose range starts at c_lo */
+        int lo, hi;
+        chunk(t, p->team, p->chunks, &lo, &hi);
+        if (lo == c_lo) { p->part[t] = total; break; }
+    }
+}
+
+double stream_sum(const float *x, long n) {
+    SumArgs a;
+    memset(&a, 0, sizeof a);
+    a.x = x, a.chunks = (int)(n / 4096);
+    a.team = g_threads < a.chunks ? g_threads : (a.chunks > 0 ? a.chunks : 1);
+    parallel_for(a.chunks, stream_sum_chunk, &a);
+    double total = 0;
+    for (int t = 0; t < a.team; t++) total += a.part[t];
     return total;
 }
 
-/* the OpenMP team size for every kernel above (the split never changes an output's arithmetic) */
-void set_threads(int n) { omp_set_num_threads(n); }
+/* the threads of every kernel above, the caller included (the split never changes an output's
+ * arithmetic); workers are started once and kept */
+void set_threads(int n) {
+    if (n < 1) n = 1;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    while (g_workers < n - 1) {
+        g_start[g_workers + 1] = atomic_load(&g_gen);
+        pthread_create(&g_tid[g_workers], NULL, worker, (void *)(intptr_t)(g_workers + 1));
+        g_workers++;
+    }
+    g_threads = n;
+}
