@@ -5,7 +5,8 @@ them one at a time and against llama.cpp's own server.
 
 Each server is started here (a subprocess on a free loopback port) and driven through the
 OpenAI client: at concurrency c, c clients each send `--rounds` streaming chat requests (dev
-questions' first turns, temperature 0), one after another. Per level it reports aggregate
+questions' first turns, temperature 0), one after another, after one warm-up round of short
+requests (not counted); each level and the warm-up take prompts of their own. Per level it reports aggregate
 tokens/s (completion tokens of all requests / the level's wall time), time to first token and
 inter-token latency (the gaps between streamed chunks, divided by the tokens they carried), p50
 and p99. Servers ("systems"):
@@ -81,9 +82,14 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     for system in systems:
         print(f"loadtest: starting {system}", file=sys.stderr, flush=True)
         with _start(system, args, batch) as url:
-            rows = []
+            # warm-up (first passes, measured pass costs) on the last prompts; then each level on
+            # prompts of its own, so no server answers a prompt it has already seen (prompt caches)
+            warm = min(batch, max(levels))
+            run_level(url, prompts[-warm:], warm, 1, 16)
+            rows, offset = [], 0
             for c in levels:
-                row = run_level(url, prompts, c, args.rounds, args.max_new_tokens)
+                row = run_level(url, prompts[offset:] + prompts[:offset], c, args.rounds, args.max_new_tokens)
+                offset = (offset + c * args.rounds) % len(prompts)
                 print(f"loadtest: {system} c={c}: {row['tokens_per_s']:.1f} tok/s, ttft p50 "
                       f"{row['ttft_p50_ms']:.0f} ms, itl p99 {row['itl_p99_ms']:.0f} ms", file=sys.stderr, flush=True)
                 rows.append(row)
