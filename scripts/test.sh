@@ -11,6 +11,9 @@ NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 .venv/bin/python -c "import llama_cpp" 2>/dev/null ||
     CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'" \
     .venv/bin/python -m pip --disable-pip-version-check -q install --no-cache-dir 'llama-cpp-python==0.3.36'
+# Ray Serve, for the replica tests (tests/server/test_cluster.py): the `cluster` extra.
+.venv/bin/python -c "import ray.serve" 2>/dev/null ||
+    .venv/bin/python -m pip --disable-pip-version-check -q install -e '.[cluster]'
 # llama.cpp's own server from the same llama.cpp (the load test's peer and the bench's
 # llama-server peers; the tests start it): built once, cached in ~/.cache/leapdecode/llama-server.
 PATH="$PWD/.venv/bin:$PATH" bash scripts/build_llama_server.sh >/dev/null
@@ -24,4 +27,10 @@ done
 # Their first use converts each GGUF into a transformers directory (once, cached): do it here, so
 # the suite's time is the tests' own.
 .venv/bin/python -c "from leapdecode.models.registry import resolve; [resolve(m) for m in ('smollm2-135m', 'gemma3-270m', 'qwen2.5-coder-0.5b')]"
+# The web view's test drives headless Chromium (Debian's package); where it cannot be installed
+# (no root, no apt, no network) that test skips and says why.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
+        >/dev/null 2>&1 || echo "could not install chromium: the web view's browser test will skip" >&2
+fi
 exec .venv/bin/python -m pytest "$@"

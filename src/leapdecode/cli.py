@@ -1,4 +1,4 @@
-"""`leapdecode generate | bench | profile | index | serve | diversity | models`.
+"""`leapdecode generate | bench | profile | index | serve | diversity | loadtest | train-head | models`.
 
 Every user error ends as one line on stderr and exit code 2, never a traceback.
 """
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
-    for extra in ("bench", "diversity", "index", "loadtest", "profile", "serve"):
+    for extra in ("bench", "diversity", "index", "loadtest", "profile", "serve", "train-head"):
         _try_add(extra, sub)
     return parser
 
@@ -141,7 +141,8 @@ def _try_add(name: str, sub: Any) -> None:
     import importlib
 
     module = {"bench": ".bench.cli", "diversity": ".bench.diversity", "index": ".drafters.index_cli",
-              "loadtest": ".bench.loadtest", "profile": ".bench.profile", "serve": ".server.cli"}[name]
+              "loadtest": ".bench.loadtest", "profile": ".bench.profile", "serve": ".server.cli",
+              "train-head": ".heads.cli"}[name]
     try:
         importlib.import_module(module, __package__).add_parser(sub)
     except ModuleNotFoundError as err:

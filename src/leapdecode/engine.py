@@ -66,6 +66,23 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...] = ()
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step as a watcher sees it (Stream.record_steps): what the draft offered, what was kept.
+
+    `alternatives[i]` are the draft's other tokens at the position of `tokens[i]`: for an accepted
+    token its siblings in the tree, for the bonus the draft tokens the target refused there.
+    """
+
+    tokens: tuple[int, ...]  # emitted: the accepted draft tokens, then the bonus
+    drafted: int  # draft nodes fed to the pass (0: plain decoding)
+    alternatives: tuple[tuple[int, ...], ...]  # one tuple per token of `tokens`
+
+    @property
+    def accepted(self) -> int:
+        return len(self.tokens) - 1
+
+
 @dataclass
 class Generation:
     token_ids: list[int]  # new tokens only
@@ -105,6 +122,7 @@ class Engine:
             n_params=target.n_params, key=f"{self.name}|{target.cache_key}",
             backend=getattr(target, "backend", "transformers"),
             dtype=str(getattr(target, "dtype", "float32")).removeprefix("torch."),
+            features=target if target.capabilities.features else None,
         )
 
     # ---- public API -------------------------------------------------------------------
@@ -223,18 +241,20 @@ class Engine:
     # ---- the loop -----------------------------------------------------------------------
     def decode(
         self, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter, stats: Stats,
-        logprobs: list[TokenLogprob] | None = None,
+        logprobs: list[TokenLogprob] | None = None, steps: list[Step] | None = None,
     ) -> Iterator[list[int]]:
         """Yield the tokens each step commits (accepted + bonus), forever; the caller stops.
-        With config.logprobs set, each committed token's TokenLogprob is appended to `logprobs`."""
+        With config.logprobs set, each committed token's TokenLogprob is appended to `logprobs`;
+        with a `steps` list, each step's Step is appended to it."""
         target = self.target
 
         hold = getattr(target, "decoding", None)  # what the target needs held while it decodes
         with hold() if hold else nullcontext():
-            yield from self._loop(target, prompt_ids, config, drafter, stats, logprobs)
+            yield from self._loop(target, prompt_ids, config, drafter, stats, logprobs, steps)
 
     def _loop(self, target: Target, prompt_ids: list[int], config: GenerationConfig, drafter: Drafter,
-              stats: Stats, logprobs: list[TokenLogprob] | None) -> Iterator[list[int]]:
+              stats: Stats, logprobs: list[TokenLogprob] | None, steps: list[Step] | None
+              ) -> Iterator[list[int]]:
         greedy = config.sampling.greedy
         warp = None if greedy else make_warp(config.sampling)
         generator = None if greedy else make_generator(config.sampling.seed)
@@ -274,6 +294,8 @@ class Engine:
             emitted = [inputs[j] for j in path] + [bonus]
             if logprobs is not None and config.logprobs is not None:
                 logprobs.extend(_logprobs(logits[[0, *path]], emitted, config.logprobs))
+            if steps is not None:
+                steps.append(_step(inputs, layout.children, path, emitted))
             context.extend(emitted)
             stats.steps += 1
             stats.drafted += len(draft)
@@ -295,6 +317,19 @@ def _logprobs(rows: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogpro
     values, ids = log_probs.topk(k, dim=-1)
     return [TokenLogprob(t, lp, tuple(zip(i, v))) for t, lp, i, v in
             zip(tokens, chosen, ids.tolist(), values.tolist())]
+
+
+def _step(inputs: list[int], children: tuple[tuple[int, ...], ...], path: list[int], emitted: list[int]) -> Step:
+    """The Step of a pass: emitted[i] was chosen after input along[i] (the root, then the accepted
+    path), and that input's children in the tree are what the draft offered at that position.
+
+    >>> _step([5, 7, 8, 9], ((1, 3), (2,), (), ()), [1], [7, 4]).alternatives  # root ─ 7 ─ 8, root ─ 9
+    ((9,), (8,))
+    """
+    along = [0, *path]
+    alternatives = tuple(tuple(dict.fromkeys(inputs[c] for c in children[j] if inputs[c] != token))
+                         for j, token in zip(along, emitted))
+    return Step(tuple(emitted), len(inputs) - 1, alternatives)
 
 
 def _clean(draft: Draft, vocab_size: int, budget: int) -> Draft:
@@ -321,8 +356,15 @@ class Stream:
         self.result: Generation | None = None
         self.tokens: list[int] = []  # the new tokens so far (a stop string may still cut the last)
         self.logprobs: list[TokenLogprob] = []  # theirs, while decoding (config.logprobs)
+        self.steps: list[Step] | None = None  # every step so far, once record_steps() asked for them
         if config.budget == "auto":
             engine.pass_costs()  # measured (once) before the clock starts
+
+    def record_steps(self) -> "Stream":
+        """Record each step in `.steps` while decoding (call before iterating). A stop rule may
+        keep fewer tokens than the last step emitted: `.tokens` says how many were kept."""
+        self.steps = []
+        return self
 
     def __iter__(self) -> Iterator[str]:
         engine, config = self.engine, self.config
@@ -331,7 +373,7 @@ class Stream:
         logprobs = None if config.logprobs is None else self.logprobs
         start = time.perf_counter()
         if config.max_new_tokens > 0:
-            for emitted in engine.decode(self.prompt_ids, config, self.drafter, stats, logprobs):
+            for emitted in engine.decode(self.prompt_ids, config, self.drafter, stats, logprobs, self.steps):
                 finish, cut = self._stop_index(tokens, emitted)
                 tokens.extend(emitted[:cut])
                 text = engine.tokenizer.decode(tokens, skip_special_tokens=True)

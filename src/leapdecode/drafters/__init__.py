@@ -20,6 +20,8 @@ DRAFTERS: dict[str, str] = {
     "retrieval": "retrieval:RetrievalDrafter",
     "auto": "auto:AutoDrafter",
     "draft-model": "draft_model:DraftModelDrafter",
+    "eagle": "eagle:EagleDrafter",
+    "medusa": "eagle:MedusaDrafter",
 }
 
 

@@ -70,6 +70,9 @@ class TargetInfo:
     key: str  # the target's weights and set-up: what state learned across requests is kept per
     backend: str = "transformers"  # what runs the target ("transformers", "native", "llamacpp")
     dtype: str = "float32"  # its weights' format; a draft model runs the same unless told otherwise
+    # the target's hidden states, embeddings and LM head (models/base.FeatureSource) where its
+    # backend exposes them (the native runtime), else None: what a trained head drafts from
+    features: Any = None
 
 
 def check_int(method: str, name: str, value: object, low: int, default: int) -> int:

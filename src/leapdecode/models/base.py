@@ -25,7 +25,7 @@ multi-output modes read a transformers model's own cache) fails with a message b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -38,6 +38,28 @@ class Capabilities:
     tree: bool = True  # forward accepts a tree mask, not only a causal chain
     hf_model: bool = False  # `.model` is a transformers PreTrainedModel (multi-output modes need it)
     batch_invariant: bool = False  # a row's logits are bitwise the same at any pass width and tree shape
+    features: bool = False  # it is also a FeatureSource: its hidden states, embeddings and LM head rows
+
+
+@runtime_checkable
+class FeatureSource(Protocol):
+    """What a drafter trained on the target's own features (heads/) reads of it."""
+
+    hidden_size: int
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """[n] token ids -> [n, hidden] float32 input embeddings, as the first layer sees them."""
+
+    def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """[n] token ids -> [n, hidden] float32 rows of the LM head (logits = rows @ feature)."""
+
+    def linear(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A linear layer of `weight` [out, in] on the target's own kernels and weight format:
+        x [n, in] float32 -> [n, out] float32 (a head then runs as fast as the target's layers)."""
+
+    def hidden(self) -> torch.Tensor:
+        """[n, hidden] float32 final hidden states (after the final norm: the LM head's input) of
+        the inputs of the last prefill (all its tokens) or forward (all its inputs, kept or not)."""
 
 
 @runtime_checkable

@@ -12,6 +12,8 @@ window is a 400 even when streaming was asked for.
 
 A client that disconnects while queued leaves the queue at once; one that disconnects while its
 request runs stops the generation at the next step (its response is logged with status 499).
+
+GET / is the web view (webview.py), fed by `stream_options.include_steps` (steps.py).
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from ..config import GenerationConfig
 from ..drafters import DEFAULT_METHOD, DRAFTERS
 from ..engine import Engine, Generation, Stats, TokenLogprob
 from ..models.base import Capabilities
-from . import protocol
+from . import protocol, webview
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import APIError, GenRequest, invalid
 from .scheduler import Job, Jobs, QueueFull, Scheduler
+from .steps import StepEvents
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
 MAX_BODY_BYTES = 4 * 2**20  # a request body larger than this is a 413 (create_app / --max-body-bytes)
@@ -133,6 +136,7 @@ def create_app(
         text = server.metrics.render(scheduler.depth, len(scheduler.running), scheduler.dropped)
         return Response(text, media_type=CONTENT_TYPE)
 
+    webview.add_routes(app, lambda: [m for m in DRAFTERS if m not in NEEDS_OPTIONS], server.default_method)
     return app
 
 
@@ -200,7 +204,7 @@ class Server:
                 kind, value = await _next(jobs, gone)
                 if kind == "start":
                     prompt_tokens[value[0]] = value[1]
-                elif kind in ("delta", "done"):
+                elif kind in ("delta", "steps", "done"):
                     early.append((kind, value))
                 else:
                     return _ended(kind, value)
@@ -228,7 +232,8 @@ class Server:
     def _work(self, gen: GenRequest, index: int, prompt: Any, config: GenerationConfig) -> Callable[[Job], None]:
         """What a worker thread does for one choice; it reports through job events, each tagged
         with the choice: ("start", (index, prompt tokens)), ("delta", (index, text, logprobs)),
-        ("done", (index, Generation, logprobs not yet sent))."""
+        ("done", (index, Generation, logprobs not yet sent)); with include_steps, before each delta
+        ("steps", (index, [step events])) (steps.py)."""
 
         def work(job: Job) -> None:
             with self.engine.session() as engine:
@@ -238,6 +243,7 @@ class Server:
             deadline = None if self.request_timeout is None else time.monotonic() + self.request_timeout
             ids = _encode(engine, gen.kind, prompt, gen.chat)
             stream = engine.stream(ids, config, gen.method, chat=False)
+            steps = StepEvents(engine.tokenizer, stream) if gen.stream and gen.include_steps else None
             job.emit("start", (index, len(ids)))
             sent = 0  # logprobs sent with the deltas (none while a stop string may still cut tokens)
             for delta in stream:  # one decoding step (or more, while text is held back) per delta
@@ -252,11 +258,15 @@ class Server:
                         "ask for fewer tokens (max_tokens) or raise --request-timeout",
                         type="timeout_error", code="request_timeout"))
                     return
+                if steps is not None:
+                    job.emit("steps", (index, steps.new()))
                 if gen.stream:
                     upto = sent if config.stop else min(len(stream.tokens), len(stream.logprobs))
                     job.emit("delta", (index, delta, _token_logprobs(engine, stream.logprobs[sent:upto])))
                     sent = upto
             result = stream.result
+            if steps is not None:
+                job.emit("steps", (index, steps.last(result)))
             self.metrics.generation(gen.method, len(ids), result.stats.new_tokens, result.stats.steps)
             job.emit("done", (index, result, _token_logprobs(engine, (result.logprobs or [])[sent:])))
 
@@ -301,6 +311,10 @@ class Server:
                     index, text, logprobs = value
                     yield _event(self._chunk(gen, rid, created, index, text,
                                              logprobs=self._logprobs(gen, logprobs, offsets, index)))
+                elif kind == "steps":
+                    index, events = value
+                    for step in events:
+                        yield _event(self._chunk(gen, rid, created, index, "", extra={"leapdecode": {"step": step}}))
                 elif kind == "done":
                     index, result, logprobs = value
                     results[index] = result
@@ -540,7 +554,8 @@ class CountRequests:
 class Guard:
     """ASGI middleware: Host header check (DNS rebinding), Bearer API key, JSON content type.
 
-    /health stays open to every client that passes the Host check."""
+    /health and the web view's static files stay open to every client that passes the Host check
+    (a browser cannot send the key when it opens the page; the page sends it with each API call)."""
 
     def __init__(self, app: Any, api_key: str | None, allowed_hosts: Sequence[str] | None):
         self.app, self.api_key = app, api_key
@@ -566,7 +581,7 @@ class Guard:
             if host not in self.allowed:
                 return APIError(421, f"the Host header {headers.get('host', '')!r} is not one this server "
                                 "answers to; start it with --allowed-host NAME to allow it", code="bad_host")
-        if self.api_key is not None and scope["path"] != "/health":
+        if self.api_key is not None and scope["path"] != "/health" and not webview.is_page(scope["path"]):
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
                 return APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>' "

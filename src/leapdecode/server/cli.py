@@ -47,10 +47,57 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--request-timeout", type=float, default=None, metavar="S",
                    help="stop a request after S seconds on the model (504 / an error event); default none")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    cluster = p.add_argument_group("replicas on Ray Serve", "any of these serves through Ray Serve's proxy "
+                                   "(pip install 'leapdecode[cluster]'); docs/scale.md")
+    cluster.add_argument("--replicas", type=int, default=None, metavar="N",
+                         help="engine replicas, each on --threads CPU cores of its own (default: the cores / N) "
+                         "or one GPU; with autoscaling, the number to start with")
+    cluster.add_argument("--min-replicas", type=int, default=None, metavar="N", help="autoscaling: the fewest replicas")
+    cluster.add_argument("--max-replicas", type=int, default=None, metavar="N", help="autoscaling: the most replicas")
+    cluster.add_argument("--target-ongoing-requests", type=float, default=None, metavar="X",
+                         help="autoscaling: requests per replica to aim at (default: --batch)")
+    cluster.add_argument("--ray-address", default=None, metavar="ADDR",
+                         help="a running Ray cluster (its head's host:port, 'auto' or ray://host:port); "
+                         "default: a Ray instance on this machine, for as long as the server runs")
     p.set_defaults(func=cmd_serve)
 
 
+CLUSTER_FLAGS = ("replicas", "min_replicas", "max_replicas", "target_ongoing_requests", "ray_address")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    options = app_options(args)
+    if any(getattr(args, flag) is not None for flag in CLUSTER_FLAGS):
+        from ..cluster import serve_replicas
+
+        return serve_replicas(args, options)
+    sock = bind_socket(args.host, args.port)  # before loading the model: a busy port fails fast
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ModuleNotFoundError as err:
+        if err.name not in ("fastapi", "starlette", "uvicorn"):
+            raise
+        raise ValueError(f"the server needs {err.name}: pip install 'leapdecode[serve]'") from None
+    from .. import load
+
+    set_threads(args.threads)
+    try:
+        backend = resolve_backend(args, notice=lambda line: print(line, file=sys.stderr))
+        engine = load(args.model, args.dtype, args.device, backend=backend, batch=serving_batch(args, backend))
+    except BaseException:
+        sock.close()
+        raise
+    app = create_app(engine, workers=engine.slots, **options)
+    config = uvicorn.Config(app, log_level=args.log_level)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def app_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags checked (one-line errors) and turned into create_app's keyword arguments
+    (all but the engine and its workers); shared with the replicas of `leapdecode.cluster`."""
     if args.method not in DRAFTERS:
         raise ValueError(f"unknown method {args.method!r}; choose one of: {', '.join(DRAFTERS)}")
     if not 0 <= args.port <= 65535:
@@ -73,35 +120,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "--request-timeout", args.request_timeout, 0.0, 1e7, open_low=True, example=60)
     max_n = validate.integer("--max-n", args.max_n if args.max_n is not None else MAX_N, 1, 1024, example=MAX_N)
     api_key = args.api_key if args.api_key is not None else os.environ.get("LEAPDECODE_API_KEY") or None
-    sock = _bind(args.host, args.port)  # before loading the model: a busy port fails fast
-    try:
-        import uvicorn
+    return dict(model_name=args.model, method=args.method, max_queue=args.max_queue, api_key=api_key,
+                allowed_hosts=allowed_hosts(args.host, args.allowed_host), max_body_bytes=body_limit,
+                request_timeout=timeout, max_n=max_n)
 
-        from .app import create_app
-    except ModuleNotFoundError as err:
-        if err.name not in ("fastapi", "starlette", "uvicorn"):
-            raise
-        raise ValueError(f"the server needs {err.name}: pip install 'leapdecode[serve]'") from None
-    from .. import load
 
-    set_threads(args.threads)
-    try:
-        backend = resolve_backend(args, notice=lambda line: print(line, file=sys.stderr))
-        batch = args.batch or (DEFAULT_BATCH if backend == "native" else 1)
-        if batch > 1 and backend != "native":
-            print(f"--batch {batch}: only the native runtime decodes requests together; serving one at a time",
-                  file=sys.stderr)
-            batch = 1
-        engine = load(args.model, args.dtype, args.device, backend=backend, batch=batch)
-    except BaseException:
-        sock.close()
-        raise
-    app = create_app(engine, model_name=args.model, method=args.method, max_queue=args.max_queue,
-                     api_key=api_key, allowed_hosts=allowed_hosts(args.host, args.allowed_host),
-                     max_body_bytes=body_limit, request_timeout=timeout, workers=engine.slots, max_n=max_n)
-    config = uvicorn.Config(app, log_level=args.log_level)
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0
+def serving_batch(args: argparse.Namespace, backend: str) -> int:
+    """Requests decoded at once: --batch on the native runtime, else one."""
+    batch = args.batch or (DEFAULT_BATCH if backend == "native" else 1)
+    if batch > 1 and backend != "native":
+        print(f"--batch {batch}: only the native runtime decodes requests together; serving one at a time",
+              file=sys.stderr)
+        batch = 1
+    return batch
 
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -117,7 +148,7 @@ def allowed_hosts(host: str, extra: list[str]) -> list[str]:
     return [*names, *extra]
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

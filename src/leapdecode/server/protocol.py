@@ -15,6 +15,10 @@ prompt (choice index = prompt index * n + j). With temperature > 0 they are inde
 search. `logprobs` (completions: the number of alternatives, at most 5; chat: `logprobs: true`
 and `top_logprobs` up to 20) gives each new token's log-probability under the model, before
 temperature, top-k and top-p.
+
+Streaming with `stream_options: {"include_steps": true}` adds a chunk per decoding step (its
+tokens, how many the target accepted from the draft, the draft's size and alternatives) before
+the text it produced: the web view's data (docs/webview.md). Without it the stream is OpenAI's.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class GenRequest:
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk carrying usage
     n: int = 1  # choices per prompt
+    include_steps: bool = False  # stream_options.include_steps: a chunk per decoding step (streaming only)
 
     @property
     def beams(self) -> bool:
@@ -162,9 +167,11 @@ def _request(
         config = GenerationConfig(**fields)
     except ValueError as err:  # anything the checks above let through
         raise invalid(None, str(err)) from None
-    gen = GenRequest(kind, prompts, chat, config, method, stream, bool(options.get("include_usage")), n)
+    steps = _flag(options, "include_steps")
+    gen = GenRequest(kind, prompts, chat, config, method, stream, bool(options.get("include_usage")), n, steps)
     if gen.beams:
-        for name, bad in (("logprobs", logprobs is not None), ("stop", bool(config.stop))):
+        for name, bad in (("logprobs", logprobs is not None), ("stop", bool(config.stop)),
+                          ("include_steps", steps)):
             if bad:
                 raise invalid(name, f"{name} is not available with beams (n > 1 at temperature 0); "
                               "drop it, or send temperature > 0 for n independent samples", "unsupported_parameter")

@@ -124,6 +124,8 @@ class SequenceTarget:
         self.eos_ids, self.n_params, self.dtype = owner.eos_ids, owner.n_params, owner.dtype
         self.cache_key, self.capabilities = owner.cache_key, owner.capabilities
         self.last_rows = self.last_kept = 0  # this sequence's last pass: rows fed, tokens kept
+        self.hidden_size = owner.hidden_size
+        self._hidden: list[torch.Tensor] = []  # as NativeTarget's: the last prefill's or forward's
         region.length = 0
         region.guard.clear()
 
@@ -134,21 +136,40 @@ class SequenceTarget:
     def reset(self) -> None:
         self.region.length = 0
         self.region.guard.clear()
+        self._hidden = []
 
     def prefill(self, tokens: Sequence[int]) -> None:
         from .target import Part
 
+        self._hidden = []
         for start in range(0, len(tokens), PREFILL_CHUNK):
             chunk = list(tokens[start:start + PREFILL_CHUNK])
             self.last_rows, self.last_kept = len(chunk), 0
-            self.batcher.run(self, Part(self.region, chunk, torch.arange(len(chunk)), None, head=False))
+            part = Part(self.region, chunk, torch.arange(len(chunk)), None, head=False)
+            self.batcher.run(self, part)
             self.commit_all()
+            self._hidden.append(part.hidden)
 
     def forward(self, tokens: Sequence[int], depths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         from .target import Part
 
         self.last_rows = len(tokens)
-        return self.batcher.run(self, Part(self.region, list(tokens), depths, mask, head=True))
+        part = Part(self.region, list(tokens), depths, mask, head=True)
+        logits = self.batcher.run(self, part)
+        self._hidden = [part.hidden]
+        return logits
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.owner.embed(ids)
+
+    def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.owner.head_rows(ids)
+
+    def linear(self, weight: torch.Tensor):
+        return self.owner.linear(weight)
+
+    def hidden(self) -> torch.Tensor:
+        return self.owner.final_norm(self._hidden)
 
     def commit(self, keep: Sequence[int]) -> None:
         self.owner.commit_region(self.region, keep)

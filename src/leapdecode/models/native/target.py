@@ -16,7 +16,7 @@ import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -44,6 +44,7 @@ class Part:
     depths: torch.Tensor
     mask: torch.Tensor | None
     head: bool  # logits wanted (False: a prefill chunk)
+    hidden: torch.Tensor | None = None  # [n, hidden] after the pass: the last hidden state, before the final norm
 
 
 class NativeTarget:
@@ -70,7 +71,10 @@ class NativeTarget:
         self.n_params = m.n_params
         # the kernels' build is part of the key: measured pass costs are theirs
         self.cache_key = f"{self.directory}|{dtype}|threads={self.threads}|native|{library_path().stem}"
-        self.capabilities = Capabilities(trimmable=True, tree=True, hf_model=False, batch_invariant=True)
+        self.capabilities = Capabilities(trimmable=True, tree=True, hf_model=False, batch_invariant=True,
+                                         features=True)
+        self.hidden_size = m.embed.shape[1]
+        self._hidden: list[torch.Tensor] = []  # the last prefill's or forward's parts' hidden states
         if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
             raise ValueError(f"sequences must be an integer >= 1, got {sequences!r}")
         self.sequences = sequences
@@ -91,6 +95,7 @@ class NativeTarget:
     def reset(self) -> None:
         self._own.length = 0
         self.guard.clear()
+        self._hidden = []
 
     def decoding(self) -> AbstractContextManager:
         """Held by the engine while a generation decodes here (build.torch_single_threaded)."""
@@ -103,15 +108,45 @@ class NativeTarget:
 
     @torch.inference_mode()
     def prefill(self, tokens: Sequence[int]) -> None:
+        self._hidden = []
         for start in range(0, len(tokens), PREFILL_CHUNK):
             chunk = list(tokens[start:start + PREFILL_CHUNK])
-            self.run([Part(self._own, chunk, torch.arange(len(chunk)), None, head=False)])
+            part = Part(self._own, chunk, torch.arange(len(chunk)), None, head=False)
+            self.run([part])
             self.commit_all()
+            self._hidden.append(part.hidden)
 
     @torch.inference_mode()
     def forward(self, tokens: Sequence[int], depths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """float32 logits [n, vocab]; row j is bitwise independent of n and of the tree's shape."""
-        return self.run([Part(self._own, list(tokens), depths, mask, head=True)])[0]
+        part = Part(self._own, list(tokens), depths, mask, head=True)
+        logits = self.run([part])[0]
+        self._hidden = [part.hidden]
+        return logits
+
+    # ---- features (models/base.FeatureSource: what trained draft heads read) -------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.m.embed[ids.long().cpu()]
+        return x * self.m.embed_scale if self.m.embed_scale != 1.0 else x
+
+    def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        w, ids = self.m.head, ids.long().cpu()
+        rows = w.data[ids].float()
+        return rows * w.scale[ids, None] if w.scale is not None else rows
+
+    def linear(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        w = ops.make_weight(weight.detach().float().cpu(), self.dtype)
+        return lambda x: ops.linear(x.contiguous(), w)
+
+    def hidden(self) -> torch.Tensor:
+        return self.final_norm(self._hidden)
+
+    def final_norm(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The final norm over the hidden states of `parts` (see Part.hidden), concatenated."""
+        if not parts:
+            return torch.zeros(0, self.hidden_size)
+        m = self.m
+        return ops.rmsnorm(torch.cat(parts), m.norm, m.eps, m.norm_offset)
 
     @property
     def weight_bytes(self) -> int:
@@ -200,10 +235,12 @@ class NativeTarget:
         if status:
             raise MemoryError("the native pass ran out of memory")
         out: list[torch.Tensor | None] = [None] * len(parts)
-        row = 0
+        row = x_row = 0
         for i in order:
             n = len(parts[i].tokens)
             parts[i].region.guard.start(n)
+            parts[i].hidden = x[x_row:x_row + n]
+            x_row += n
             if parts[i].head:
                 out[i] = logits[row:row + n]
                 row += n
