@@ -29,8 +29,18 @@ def options(method, store):
     return {"store": store} if method == "retrieval" else {}
 
 
+# drafters whose end-to-end identity test lives elsewhere: they need a second model or trained heads
+COVERED_ELSEWHERE = {
+    "none": "the reference itself",
+    "prompt-lookup": "tests/test_engine_e2e.py",
+    "draft-model": "tests/drafters/test_draft_model.py",
+    "eagle": "tests/heads/test_heads.py (native runtime: the heads read its features)",
+    "medusa": "tests/heads/test_heads.py (native runtime: the heads read its features)",
+}
+
+
 def test_every_registered_drafter_is_covered():
-    assert set(DRAFTERS) - {"none", "prompt-lookup"} <= set(TREE_DRAFTERS) | {"draft-model"}
+    assert set(DRAFTERS) == set(TREE_DRAFTERS) | set(COVERED_ELSEWHERE)
 
 
 @pytest.mark.parametrize("method", TREE_DRAFTERS)

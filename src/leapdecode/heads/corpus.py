@@ -100,6 +100,20 @@ ON_PASSAGE = [
     "Rewrite the following text in simpler words.\n\n{passage}",
     "Context:\n{passage}\n\nUsing only the context above, explain why {topic} matters.",
 ]
+QUESTION_SEEDS = [
+    "Write one question that a curious student might ask about {topic}. Write only the question.",
+    "Write a request that someone might send to an assistant about {topic}. Write only the request.",
+    "Describe a practical problem involving {topic} in one or two sentences and ask for help with it. "
+    "Write only the request.",
+    "Write a question about {topic} that needs a careful, step-by-step answer. Write only the question.",
+]
+FOLLOW_UPS = [
+    "Can you make that shorter?", "Now explain it to a child.", "Give me one more example.",
+    "Rewrite your answer as a list of bullet points.", "What is the most important point? Explain why.",
+    "Turn your answer into a short poem.", "Translate the first sentence of your answer into {language}.",
+    "Add a title and a one-sentence conclusion.", "Is there anything you got wrong? Check your answer.",
+    "How would {person} say the same thing?", "Write a follow-up paragraph about {topic}.",
+]
 PASSAGE_SEEDS = ["Write a short article about {topic}.", "Write an encyclopedia entry about {topic}.",
                  "Write a news report about an event involving {topic}."]
 
@@ -108,12 +122,13 @@ def _fill(template: str, rng: random.Random) -> str:
     topic, other = rng.sample(TOPICS, 2)
     a, b, c = rng.sample(["cats", "birds", "artists", "doctors", "pilots", "farmers", "swimmers", "teachers"], 3)
     return template.format(topic=topic, other=other, person=rng.choice(PEOPLE), a=a, b=b, c=c,
+                           language=rng.choice(LANGUAGES),
                            x=rng.randint(3, 90), y=rng.randint(2, 40), z=rng.randint(100, 900),
                            w=rng.randint(2, 9))
 
 
 def prompts(n: int, seed: int = 0) -> list[str]:
-    """n stand-alone prompts (every kind but those on a passage)."""
+    """n stand-alone prompts (every kind but those on a passage); the same prompt may come twice."""
     rng = random.Random(seed)
     kinds = [
         (4, lambda: _fill(rng.choice(WRITING), rng)),
@@ -141,3 +156,19 @@ def passage_prompts(passages: list[str], seed: int = 2) -> list[str]:
     rng = random.Random(seed)
     return [_fill(rng.choice(ON_PASSAGE).replace("{passage}", "{{passage}}"), rng).format(passage=p.strip())
             for p in passages if p.strip()]
+
+
+def question_seeds(n: int, seed: int = 3) -> list[str]:
+    """Prompts whose answers are questions the target asks itself (then answers: more varied
+    prompts than the templates above give)."""
+    rng = random.Random(seed)
+    return [_fill(rng.choice(QUESTION_SEEDS), rng) for _ in range(n)]
+
+
+def follow_ups(conversations: list[tuple[str, str]], seed: int = 4) -> list[list[dict]]:
+    """A second user turn after each (prompt, answer): the target's second answer is trained on
+    with the whole conversation in its context."""
+    rng = random.Random(seed)
+    return [[{"role": "user", "content": p}, {"role": "assistant", "content": a.strip()},
+             {"role": "user", "content": _fill(rng.choice(FOLLOW_UPS), rng)}]
+            for p, a in conversations if a.strip()]

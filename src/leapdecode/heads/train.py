@@ -51,13 +51,14 @@ def load_hf(model: str, device: str):
 
 
 @torch.inference_mode()
-def generate(hf: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch: int, sample_share: float,
+def generate(hf: Any, tokenizer: Any, prompts: list[str | list[dict]], max_new_tokens: int, batch: int, sample_share: float,
              seed: int, quiet: bool, desc: str) -> list[tuple[list[int], int]]:
-    """(prompt + continuation ids, prompt length) per prompt, the target's own continuation."""
+    """(prompt + continuation ids, prompt length) per prompt (a user turn, or the messages of a
+    conversation), the target's own continuation."""
     device = next(hf.parameters()).device
     rng = random.Random(seed)
-    encoded = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                             tokenize=True) for p in prompts]
+    encoded = [tokenizer.apply_chat_template(p if isinstance(p, list) else [{"role": "user", "content": p}],
+                                             add_generation_prompt=True, tokenize=True) for p in prompts]
     encoded = [list(e if isinstance(e, list) else e["input_ids"]) for e in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = set(hf.generation_config.eos_token_id if isinstance(hf.generation_config.eos_token_id, list)
@@ -133,12 +134,21 @@ def build_data(model: str, out: Path, n_prompts: int, n_passages: int, max_new_t
 
 
 def _prompts(run: Any, decode: Any, n_prompts: int, n_passages: int, seed: int) -> list[tuple[list[int], int]]:
-    """The three generation stages over `run(prompts, desc, sample_share_or_0)`."""
-    seqs = run(corpus.prompts(n_prompts, seed), "generating answers", True)
+    """The generation stages over `run(prompts, desc, may_sample)`: the corpus's prompts; then, with
+    passages, (a) passages the target writes and a task on each, (b) questions it asks itself and
+    its answers, (c) a second turn after some first answers."""
+    first = list(dict.fromkeys(corpus.prompts(n_prompts, seed)))  # each distinct prompt once
+    answers = run(first, "generating answers", True)
+    seqs = list(answers)
     if n_passages:
         seeds = run(corpus.passage_seeds(n_passages, seed + 1), "generating passages", False)
-        passages = [decode(s[p:]) for s, p in seeds]
-        seqs += run(corpus.passage_prompts(passages, seed + 2), "generating answers on passages", True)
+        seqs += run(corpus.passage_prompts([decode(s[p:]) for s, p in seeds], seed + 2),
+                    "generating answers on passages", True)
+        asked = run(corpus.question_seeds(n_passages, seed + 3), "generating questions", False)
+        questions = [q for q in (decode(s[p:]).strip() for s, p in asked) if len(q) > 10]
+        seqs += run(questions, "generating answers to its questions", True)
+        pairs = [(prompt, decode(s[p:])) for prompt, (s, p) in zip(first, answers)][:n_passages]
+        seqs += run(corpus.follow_ups(pairs, seed + 4), "generating second turns", True)
     return [(s, p) for s, p in seqs if len(s) > p + 1]
 
 
@@ -146,7 +156,7 @@ def _hf_data(model: str, n_prompts: int, n_passages: int, max_new_tokens: int, b
              sample_share: float, seed: int, quiet: bool) -> dict:
     hf, tokenizer = load_hf(model, device)
 
-    def run(prompts: list[str], desc: str, sampled: bool) -> list[tuple[list[int], int]]:
+    def run(prompts: list[Any], desc: str, sampled: bool) -> list[tuple[list[int], int]]:
         return generate(hf, tokenizer, prompts, max_new_tokens, batch, sample_share if sampled else 0.0, seed,
                         quiet, desc)
 
@@ -163,7 +173,7 @@ def _native_data(model: str, n_prompts: int, n_passages: int, max_new_tokens: in
     engine = load(model, "bfloat16", backend="native", batch=batch)
     rng = random.Random(seed)
 
-    def run(prompts: list[str], desc: str, sampled: bool) -> list[tuple[list[int], int]]:
+    def run(prompts: list[Any], desc: str, sampled: bool) -> list[tuple[list[int], int]]:
         results: list[tuple[list[int], int]] = []
         bar = _progress(len(prompts), desc, quiet)
         for start in range(0, len(prompts), batch):
@@ -414,7 +424,11 @@ def train(model: str, kind: str, out: Path, *, prompts: int = 4000, passages: in
 def _plot(log: list[dict], kind: str, path: Path) -> None:
     if not log:
         return
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: {path.name} skipped (log.json has the curve)", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
