@@ -10,6 +10,7 @@ import torch
 
 import leapdecode
 from leapdecode import GenerationConfig
+from leapdecode.drafters import EMPTY_DRAFT, Drafter
 from leapdecode.heads.model import HeadFile
 from leapdecode.heads.train import train
 
@@ -99,3 +100,57 @@ def test_train_head_cli_errors(tmp_path, capsys):
     assert main(["train-head", "--kind", "eagle", "--out", str(tmp_path / "file"), "--prompts", "1",
                  "--passages", "0", "--max-new-tokens", "4", "--steps", "1", "--quiet"]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_shipped_heads_load_by_name_and_keep_output(native):
+    """The heads shipped for smollm2-135m are found without --opt head=; `auto:tree=eagle` drafts
+    its tree with the eagle head."""
+    from leapdecode.drafters import make_drafter
+    from leapdecode.drafters.eagle import EagleDrafter
+    from leapdecode.heads.model import shipped_head
+
+    assert shipped_head("smollm2-135m", "eagle") and shipped_head("smollm2-135m", "medusa")
+    config = GenerationConfig(max_new_tokens=24)
+    plain = native.generate(PROMPTS[1], config, "none")
+    for method, options in (("eagle", {}), ("medusa", {}), ("auto", {"tree": "eagle"})):
+        out = native.generate(PROMPTS[1], config, method, **options)
+        assert out.token_ids == plain.token_ids and out.stats.drafted > 0, method
+    auto = make_drafter("auto", tree="eagle")
+    auto.configure(config.sampling, native.info)
+    assert isinstance(auto.tree, EagleDrafter)
+    assert not isinstance(make_drafter("auto").tree, EagleDrafter)
+    with pytest.raises(ValueError, match="tree must be one of recycling, eagle"):
+        make_drafter("auto", tree="oak")
+
+
+class _SkipsFirst(Drafter):
+    """Drafts nothing at the first step without asking the head (as a budget of 0 would)."""
+
+    def __init__(self, inner: Drafter):
+        self.inner, self.first = inner, True
+
+    def configure(self, sampling, target=None):
+        self.inner.configure(sampling, target)
+
+    def reset(self, prompt):
+        self.inner.reset(prompt)
+        self.first = True
+
+    def propose(self, context, budget):
+        if self.first:
+            self.first = False
+            return EMPTY_DRAFT
+        return self.inner.propose(context, budget)
+
+    def observe(self, result):
+        self.inner.observe(result)
+
+
+@pytest.mark.parametrize("kind", ["eagle", "medusa"])
+def test_heads_after_a_first_step_without_draft(native, kind):
+    from leapdecode.drafters import make_drafter
+
+    config = GenerationConfig(max_new_tokens=24)
+    plain = native.generate(PROMPTS[0], config, "none")
+    out = native.generate(PROMPTS[0], config, _SkipsFirst(make_drafter(kind)))
+    assert out.token_ids == plain.token_ids and out.stats.drafted > 0

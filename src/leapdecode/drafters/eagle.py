@@ -136,6 +136,10 @@ class EagleDrafter(_HeadDrafter):
         return self._chain(g, len(context) - 1, budget)
 
     def observe(self, result: StepResult) -> None:
+        if not self.prefilled:  # the first step drafted nothing (budget 0), so the prompt's features
+            # were never read and are gone now: the head's entries start at this step's root
+            self.prefilled = True
+            self.entries = len(result.context) - len(result.accepted) - 2  # the root's position
         rows = [0, *(i + 1 for i in result.path)]  # the root and the accepted nodes: committed now
         self.pending.append(self.features.hidden()[rows])
 
@@ -161,8 +165,10 @@ class EagleDrafter(_HeadDrafter):
         return g[-1:]
 
     def _tree(self, g_root: torch.Tensor, last: int, budget: int) -> Draft:
-        """EAGLE-2's dynamic tree: expand the topk best nodes of each level, keep the best nodes."""
-        head, k = self.module, self.topk
+        """EAGLE-2's dynamic tree: expand the topk best nodes of each level, keep the best nodes.
+        A draft of `budget` nodes holds at most `budget` levels and `budget` children of a node, so
+        the tree is grown no deeper or wider than that (a small budget costs few head passes)."""
+        head, k, levels = self.module, min(self.topk, budget), min(self.depth, budget)
         tokens: list[int] = []  # node -> draft-vocabulary index
         parents: list[int] = []
         scores: list[float] = []
@@ -175,7 +181,7 @@ class EagleDrafter(_HeadDrafter):
             tokens.append(index), parents.append(-1), scores.append(value)
             frontier.append(len(tokens) - 1)
         g_of = {-1: g_root[0]}
-        for depth in range(1, self.depth):
+        for depth in range(1, levels):
             expand = heapq.nlargest(k, frontier, key=lambda i: scores[i])
             w = len(expand)
             feats = torch.stack([g_of[parents[i]] for i in expand])
@@ -273,4 +279,5 @@ class MedusaDrafter(_HeadDrafter):
         return Draft(tuple(tokens), tuple(parents))
 
     def observe(self, result: StepResult) -> None:
+        self.prefilled = True  # (also when the first step drafted nothing: the prefill's row is stale)
         self.feature = self.features.hidden()[[result.path[-1] + 1 if result.path else 0]]

@@ -162,7 +162,7 @@ def _hf_data(model: str, n_prompts: int, n_passages: int, max_new_tokens: int, b
 
     seqs = _prompts(run, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), n_prompts, n_passages, seed)
     sequences = [s for s, _ in seqs]
-    return {"sequences": sequences, "features": features(hf, sequences, batch, quiet)}
+    return {"sequences": sequences, "prompt_lens": [p for _, p in seqs], "features": features(hf, sequences, batch, quiet)}
 
 
 def _native_data(model: str, n_prompts: int, n_passages: int, max_new_tokens: int, batch: int, device: str,
@@ -200,7 +200,7 @@ def _native_data(model: str, n_prompts: int, n_passages: int, max_new_tokens: in
             feats.append(target.hidden().to(torch.bfloat16))
             bar.update(1)
     bar.close()
-    return {"sequences": [s for s, _ in seqs], "features": feats}
+    return {"sequences": [s for s, _ in seqs], "prompt_lens": [p for _, p in seqs], "features": feats}
 
 
 def _target_weights(model: str) -> dict:
@@ -267,7 +267,8 @@ def _init_from_target(head: EagleHead, data: dict) -> None:
 
 
 def _batch(data: dict, idx: list[int], max_len: int, device: str) -> tuple[torch.Tensor, ...]:
-    """tokens [B, T], features [B, T, h], valid [B, T] of the sequences idx (cut to max_len)."""
+    """tokens [B, T], features [B, T, h], valid [B, T] and prompt lengths [B] of the sequences idx
+    (cut to max_len; a prompt length of 0 where data.pt predates them)."""
     seqs = [data["sequences"][i][:max_len] for i in idx]
     width = max(len(s) for s in seqs)
     tokens = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -277,7 +278,9 @@ def _batch(data: dict, idx: list[int], max_len: int, device: str) -> tuple[torch
         tokens[row, :len(s)] = torch.tensor(s)
         feats[row, :len(s)] = data["features"][i][:len(s)].float()
         valid[row, :len(s)] = True
-    return tokens.to(device), feats.to(device), valid.to(device)
+    lens = data.get("prompt_lens") or [0] * len(data["sequences"])
+    prompt = torch.tensor([lens[i] for i in idx])
+    return tokens.to(device), feats.to(device), valid.to(device), prompt.to(device)
 
 
 def _soft_ce(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
@@ -285,8 +288,11 @@ def _soft_ce(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
 
 
 def eagle_loss(head: EagleHead, embed: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor,
-               feats: torch.Tensor, valid: torch.Tensor, unroll: int) -> tuple[torch.Tensor, list[float]]:
-    """Loss over `unroll` steps and each step's top-1 agreement with the target (acceptance proxy).
+               feats: torch.Tensor, valid: torch.Tensor, prompt: torch.Tensor, unroll: int
+               ) -> tuple[torch.Tensor, list[float]]:
+    """Loss over `unroll` steps and each step's top-1 agreement with the target (acceptance proxy):
+    the loss over every position, the agreement over the answers' (a prompt's system text is easy
+    to guess and is never drafted).
 
     Entry i (position i + 1) reads (f_i, e(x_{i+1})) at step 0; at step s it reads the step s-1
     output of entry i - 1 and attends to step-0 entries <= i - s and its own chain's entries at
@@ -297,6 +303,7 @@ def eagle_loss(head: EagleHead, embed: torch.Tensor, rows: torch.Tensor, tokens:
     e = embed[tokens[:, 1:]]  # [B, n, h]
     target = feats[:, 1:]  # f_{i+1}
     ok = valid[:, 1:]  # entry i exists and its target is real
+    answer = ok & (torch.arange(n, device=feats.device)[None] + 2 >= prompt[:, None])  # it guesses x_{i+2}
     target_logits = target @ rows.T
     positions = torch.arange(1, T, device=feats.device)
     i = torch.arange(n, device=feats.device)
@@ -319,13 +326,13 @@ def eagle_loss(head: EagleHead, embed: torch.Tensor, rows: torch.Tensor, tokens:
         ce = _soft_ce(logits, target_logits)[rows_ok].mean()
         reg = F.smooth_l1_loss(g[rows_ok], target[rows_ok])
         total = total + (0.8 ** s) * (ce + reg)
-        agree.append(float((logits.argmax(-1) == target_logits.argmax(-1))[rows_ok].float().mean()))
+        agree.append(float((logits.argmax(-1) == target_logits.argmax(-1))[rows_ok & answer].float().mean()))
     return total, agree
 
 
-def medusa_loss(head: MedusaHeads, rows: torch.Tensor, feats: torch.Tensor, valid: torch.Tensor
-                ) -> tuple[torch.Tensor, list[float]]:
-    """Head k on f_t against the target's distribution from f_{t+k}."""
+def medusa_loss(head: MedusaHeads, rows: torch.Tensor, feats: torch.Tensor, valid: torch.Tensor,
+                prompt: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """Head k on f_t against the target's distribution from f_{t+k} (agreement over answers)."""
     g = head(feats)  # [K, B, T, h]
     total, agree = feats.new_zeros(()), []
     target_logits = feats @ rows.T
@@ -334,10 +341,11 @@ def medusa_loss(head: MedusaHeads, rows: torch.Tensor, feats: torch.Tensor, vali
         if feats.shape[1] <= shift:
             break
         ok = valid[:, shift:]
+        answer = ok & (torch.arange(ok.shape[1], device=feats.device)[None] + shift + 1 >= prompt[:, None])
         logits = g[k, :, :-shift] @ rows.T
         t = target_logits[:, shift:]
         total = total + (0.8 ** k) * _soft_ce(logits, t)[ok].mean()
-        agree.append(float((logits.argmax(-1) == t.argmax(-1))[ok].float().mean()))
+        agree.append(float((logits.argmax(-1) == t.argmax(-1))[answer].float().mean()))
     return total, agree
 
 
@@ -383,10 +391,10 @@ def train(model: str, kind: str, out: Path, *, prompts: int = 4000, passages: in
         return lr * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
 
     def loss_of(idx: list[int]) -> tuple[torch.Tensor, list[float]]:
-        tokens, feats, valid = _batch(data, idx, max_len, device)
+        tokens, feats, valid, prompt = _batch(data, idx, max_len, device)
         if kind == "eagle":
-            return eagle_loss(head, embed, rows, tokens, feats, valid, unroll)
-        return medusa_loss(head, rows, feats, valid)
+            return eagle_loss(head, embed, rows, tokens, feats, valid, prompt, unroll)
+        return medusa_loss(head, rows, feats, valid, prompt)
 
     rng = random.Random(seed + start)
     bar = _progress(steps, f"training {kind} head", quiet)
@@ -441,7 +449,7 @@ def _plot(log: list[dict], kind: str, path: Path) -> None:
     for k in range(len(log[-1]["agree"])):
         name = f"depth {k + 1}" if kind == "eagle" else f"head {k + 1}"
         b.plot(steps, [r["agree"][k] for r in log], label=name)
-    b.set_xlabel("step"), b.set_ylabel("top-1 = target's (held out)"), b.set_ylim(0, 1), b.legend()
+    b.set_xlabel("step"), b.set_ylabel("top-1 = target's (held-out answers)"), b.set_ylim(0, 1), b.legend()
     b.set_title("agreement with the target")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
