@@ -22,6 +22,7 @@ A head file is loaded once per process; a packaged model's shipped head is found
 from __future__ import annotations
 
 import heapq
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -65,11 +66,16 @@ class _Kernel(nn.Module):
         return self.fn(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
 
 
+# A head's layers run in 8 bits whatever the target's format: a draft level reads half the bytes
+# of bf16, and a head's precision can change what it guesses, never the output.
+HEAD_DTYPE = "int8"
+
+
 def _on_target_kernels(module: nn.Module, features: Any) -> nn.Module:
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear):
             weight = child.weight.detach()
-            fn = features.linear(weight)
+            fn = features.linear(weight, HEAD_DTYPE)
             if child.bias is not None:
                 bias, inner = child.bias.detach().float(), fn
                 fn = lambda x, inner=inner, bias=bias: inner(x) + bias  # noqa: E731
@@ -77,6 +83,19 @@ def _on_target_kernels(module: nn.Module, features: Any) -> nn.Module:
         else:
             _on_target_kernels(child, features)
     return module
+
+
+_ON_KERNELS: "weakref.WeakKeyDictionary[Any, dict[int, tuple]]" = weakref.WeakKeyDictionary()
+
+
+def _kernels_of(file: HeadFile, features: Any) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """The head's module and its draft-vocabulary logits (g [n, h] -> [n, V']) on the target's
+    kernels, converted once per (head file, target)."""
+    made = _ON_KERNELS.setdefault(features, {})
+    if id(file) not in made:
+        made[id(file)] = (_on_target_kernels(file.module(), features),
+                          features.linear(features.head_rows(file.vocab), HEAD_DTYPE))
+    return made[id(file)]
 
 
 class _HeadDrafter(Drafter):
@@ -91,9 +110,8 @@ class _HeadDrafter(Drafter):
     def configure(self, sampling: Any, target: TargetInfo | None = None) -> None:
         file, self.features = load_head(self.kind, self.head_path, target)
         self.sampling = sampling
-        self.module = _on_target_kernels(file.module(), self.features)
+        self.module, self.logits = _kernels_of(file, self.features)
         self.vocab = file.vocab  # draft vocabulary -> target ids
-        self.logits = self.features.linear(self.features.head_rows(file.vocab))  # g [n, h] -> [n, V']
         self.vocab_size = target.vocab_size
         self.generator = torch.Generator()
         if not sampling.greedy:
@@ -111,7 +129,7 @@ class EagleDrafter(_HeadDrafter):
     name = kind = "eagle"
     default_budget = 12
 
-    def __init__(self, head: str | None = None, depth: int = 6, topk: int = 4):
+    def __init__(self, head: str | None = None, depth: int = 4, topk: int = 4):
         super().__init__(head, topk)
         self.depth = check_int("eagle", "depth", depth, 1, 6)
 

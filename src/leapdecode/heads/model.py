@@ -62,6 +62,21 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
     return x * cos + rotated * sin
 
 
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Grouped-query attention: q [..., heads, n, d] over keys/values [..., kv_heads, m, d] with
+    allowed [n, m] (None = all) -> [..., heads, n, d]. Drafting's few queries (no batch dims) take
+    three plain matrix products, which cost a fraction of the fused kernel's call on one thread;
+    training's long batched sequences take the fused kernel."""
+    if q.dim() > 3:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=q.shape[-3] != keys.shape[-3])
+    heads, n, d = q.shape
+    kv = keys.shape[0]
+    scores = q.reshape(kv, heads // kv * n, d) @ keys.transpose(1, 2) * d ** -0.5  # [kv, group * n, m]
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed.repeat(heads // kv, 1), float("-inf"))
+    return (torch.softmax(scores, -1) @ values).reshape(heads, n, d)
+
+
 class EagleHead(nn.Module):
     """fc + one pre-norm decoder layer (GQA attention with rope, SiLU-gated MLP); q/k/v and
     gate/up fused, so a draft level costs six linear layers and the logits."""
@@ -96,11 +111,7 @@ class EagleHead(nn.Module):
                allowed: torch.Tensor | None) -> torch.Tensor:
         """Attention of q over keys/values (allowed: [n, m] bool, None = all), then the MLP: g [..., n, h]."""
         cfg = self.cfg
-        group = cfg.heads // cfg.kv_heads
-        keys = keys.repeat_interleave(group, dim=-3)
-        values = values.repeat_interleave(group, dim=-3)
-        att = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed)
-        att = att.transpose(-2, -3).reshape(*u.shape[:-1], cfg.heads * cfg.head_dim)
+        att = attend(q, keys, values, allowed).transpose(-2, -3).reshape(*u.shape[:-1], cfg.heads * cfg.head_dim)
         u = u + self.o(att)
         gate, up = self.gate_up(rms_norm(u, self.mlp_norm, cfg.eps)).chunk(2, -1)
         u = u + self.down(F.silu(gate) * up)

@@ -53,9 +53,10 @@ class FeatureSource(Protocol):
     def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """[n] token ids -> [n, hidden] float32 rows of the LM head (logits = rows @ feature)."""
 
-    def linear(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A linear layer of `weight` [out, in] on the target's own kernels and weight format:
-        x [n, in] float32 -> [n, out] float32 (a head then runs as fast as the target's layers)."""
+    def linear(self, weight: torch.Tensor, dtype: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A linear layer of `weight` [out, in] on the target's own kernels, in the target's weight
+        format or `dtype`: x [n, in] float32 -> [n, out] float32 (a head then runs as fast as the
+        target's layers)."""
 
     def hidden(self) -> torch.Tensor:
         """[n, hidden] float32 final hidden states (after the final norm: the LM head's input) of

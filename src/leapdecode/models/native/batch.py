@@ -165,8 +165,8 @@ class SequenceTarget:
     def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.owner.head_rows(ids)
 
-    def linear(self, weight: torch.Tensor):
-        return self.owner.linear(weight)
+    def linear(self, weight: torch.Tensor, dtype: str | None = None):
+        return self.owner.linear(weight, dtype)
 
     def hidden(self) -> torch.Tensor:
         return self.owner.final_norm(self._hidden)

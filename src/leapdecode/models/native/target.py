@@ -134,8 +134,8 @@ class NativeTarget:
         rows = w.data[ids].float()
         return rows * w.scale[ids, None] if w.scale is not None else rows
 
-    def linear(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        w = ops.make_weight(weight.detach().float().cpu(), self.dtype)
+    def linear(self, weight: torch.Tensor, dtype: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        w = ops.make_weight(weight.detach().float().cpu(), dtype or self.dtype)
         return lambda x: ops.linear(x.contiguous(), w)
 
     def hidden(self) -> torch.Tensor:
