@@ -103,8 +103,8 @@ def test_train_head_cli_errors(tmp_path, capsys):
 
 
 def test_shipped_heads_load_by_name_and_keep_output(native):
-    """The heads shipped for smollm2-135m are found without --opt head=; `auto:tree=eagle` drafts
-    its tree with the eagle head."""
+    """The heads shipped for smollm2-135m are found without --opt head=; `auto` drafts small trees
+    with the eagle head there (greedy), large ones with Token Recycling's, or one tree if told."""
     from leapdecode.drafters import make_drafter
     from leapdecode.drafters.eagle import EagleDrafter
     from leapdecode.heads.model import shipped_head
@@ -112,14 +112,19 @@ def test_shipped_heads_load_by_name_and_keep_output(native):
     assert shipped_head("smollm2-135m", "eagle") and shipped_head("smollm2-135m", "medusa")
     config = GenerationConfig(max_new_tokens=24)
     plain = native.generate(PROMPTS[1], config, "none")
-    for method, options in (("eagle", {}), ("medusa", {}), ("auto", {"tree": "eagle"})):
-        out = native.generate(PROMPTS[1], config, method, **options)
-        assert out.token_ids == plain.token_ids and out.stats.drafted > 0, method
-    auto = make_drafter("auto", tree="eagle")
+    for method, options, budget in (("eagle", {}, None), ("medusa", {}, None), ("auto", {}, 3), ("auto", {}, 8),
+                                    ("auto", {"tree": "eagle"}, 8)):
+        out = native.generate(PROMPTS[1], GenerationConfig(max_new_tokens=24, budget=budget), method, **options)
+        assert out.token_ids == plain.token_ids and out.stats.drafted > 0, (method, options, budget)
+    auto = make_drafter("auto")
     auto.configure(config.sampling, native.info)
-    assert isinstance(auto.tree, EagleDrafter)
-    assert not isinstance(make_drafter("auto").tree, EagleDrafter)
-    with pytest.raises(ValueError, match="tree must be one of recycling, eagle"):
+    assert isinstance(auto.eagle, EagleDrafter) and auto.recycle is not None
+    auto.configure(GenerationConfig(temperature=0.7).sampling, native.info)  # sampling: Token Recycling's only
+    assert auto.eagle is None
+    only = make_drafter("auto", tree="recycling")
+    only.configure(config.sampling, native.info)
+    assert only.eagle is None
+    with pytest.raises(ValueError, match="tree must be one of auto, recycling, eagle"):
         make_drafter("auto", tree="oak")
 
 
