@@ -7,10 +7,8 @@ the same pass; identical prefixes are shared, so the tree never holds a guess tw
 
 The tree is Token Recycling's (Luo et al., ACL 2025), whose drafting costs next to nothing, or,
 for a small draft under greedy decoding, the trained eagle head's where one ships for the target
-and its backend exposes the features it reads (docs/heads.md): the head guesses better, but each
-level of its tree costs a small pass of its own, which pays for drafts of up to EAGLE_UP_TO nodes
-(measured with `leapdecode bench` on the CPU: with `--budget auto`, 1.38x over `none` against
-1.29x with Token Recycling's tree alone; at the default budget of 8, 1.06x against 1.23x).
+and its backend exposes the features it reads: the head guesses better, but each level of its tree
+costs a small pass of its own, which pays only for small drafts (docs/heads.md has the figures).
 `--opt tree=recycling|eagle` keeps one tree whatever the draft size.
 """
 
