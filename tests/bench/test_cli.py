@@ -48,7 +48,7 @@ def bad_file(tmp_path, text):
     "extra, message",
     [
         (["--dtype", "int8", "--backend", "hf"], "int8 runs on leapdecode's own runtime only"),
-        (["--backend", "native", "--device", "cuda"], "the native runtime runs on the CPU"),
+        (["--backend", "native", "--device", "cuda"], "--device cuda needs an NVIDIA GPU"),
         (["--methods", "none,warp-drive"], "unknown method 'warp-drive'"),
         (["--baseline", "warp-drive"], "unknown method 'warp-drive'"),
         (["--methods", "none,none"], "lists none more than once"),

@@ -106,8 +106,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
         from ..models.registry import INT8_NEEDS_NATIVE
 
         raise ValueError(INT8_NEEDS_NATIVE)
-    if args.backend == "native" and args.device != "cpu":
-        raise ValueError("the native runtime runs on the CPU; use --backend hf with --device cuda")
     if llamacpp:
         hf = [m for m in methods if family(m) == "hf"]
         if hf:
@@ -198,10 +196,11 @@ def run(plan: Plan) -> dict[str, Any]:
         from ..models.registry import load_model
 
         setup.draft_model = load_model(args.draft_model, setup.hf_dtype, args.device)[0]
-    if any(family(m) in GGUF_FAMILIES for m in methods):
-        setup.gguf = gguf_file(args.model)
+    if any(family(m) in GGUF_FAMILIES for m in methods) or "hf-static-reused" in methods:
         needed = context_needed(engine, plan.questions, args.max_new_tokens)
         setup.n_ctx = min(engine.target.context_window, needed)
+    if any(family(m) in GGUF_FAMILIES for m in methods):
+        setup.gguf = gguf_file(args.model)
     runners = build_runners(methods, setup)
     with _sigterm_as_interrupt():
         records, stopped = run_benchmark(engine, runners, round_robin(plan.questions), args.max_new_tokens,

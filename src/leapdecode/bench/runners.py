@@ -9,9 +9,11 @@ token ids, the number of target forward passes that emitted tokens (`steps`) and
 Peers:
 - `hf-none`: this project's engine without a drafter on the transformers target (when the engine's
   own target is the native runtime, this is the column the runtime's gain is read against).
-- `hf-greedy`, `hf-static`, `hf-prompt-lookup`, `hf-assisted`: transformers' own `generate` on the
-  very model object the engine uses (dynamic cache; `cache_implementation="static"`, which
-  transformers compiles on a GPU; `prompt_lookup_num_tokens=10`; `assistant_model=` a draft model).
+- `hf-greedy`, `hf-static`, `hf-static-reused`, `hf-prompt-lookup`, `hf-assisted`: transformers'
+  own `generate` on the very model object the engine uses (dynamic cache;
+  `cache_implementation="static"`, which transformers compiles on a GPU; one `StaticCache` made once
+  for the run's longest question and passed to every call, which spares the per-call cache and
+  recompilation; `prompt_lookup_num_tokens=10`; `assistant_model=` a draft model).
   Steps are counted with a forward hook on the target model.
 - `llamacpp-greedy`, `llamacpp-prompt-lookup`: llama-cpp-python on the GGUF file the model was
   converted from (quantized weights, another numeric backend), greedy sampling (temperature 0),
@@ -40,6 +42,7 @@ PEERS: dict[str, str] = {
     "hf-none": "leapdecode-hf",
     "hf-greedy": "hf",
     "hf-static": "hf",
+    "hf-static-reused": "hf",
     "hf-prompt-lookup": "hf",
     "hf-assisted": "hf",
     "llamacpp-greedy": "llamacpp",
@@ -55,6 +58,8 @@ PEER_OPTIONS = {  # as recorded in results.json
     "hf-none": "leapdecode engine, method none, backend transformers",
     "hf-greedy": "model.generate(do_sample=False)",
     "hf-static": "model.generate(do_sample=False, cache_implementation='static')",
+    "hf-static-reused": "cache = StaticCache(config, max_cache_len=LONGEST); cache.reset(); "
+                        "model.generate(do_sample=False, past_key_values=cache)",
     "hf-prompt-lookup": f"model.generate(do_sample=False, prompt_lookup_num_tokens={PROMPT_LOOKUP_TOKENS})",
     "hf-assisted": "model.generate(do_sample=False, assistant_model=DRAFT)",
     "llamacpp-greedy": "Llama(logits_all=False).generate(temp=0, top_k=1)",
@@ -175,24 +180,35 @@ class EngineRunner:
 class HFRunner:
     """transformers' `generate` on the engine's own model object, greedy."""
 
-    def __init__(self, name: str, model: Any, eos_ids: set[int], **options: Any):
+    def __init__(self, name: str, model: Any, eos_ids: set[int], static_len: int | None = None, **options: Any):
+        """static_len: make one StaticCache of that many tokens and pass it, emptied, to every call."""
         self.name, self.model, self.eos_ids, self.options = name, model, set(eos_ids), options
         pad = getattr(model.generation_config, "pad_token_id", None)
         self.pad_id = pad if pad is not None else min(self.eos_ids)
+        self.cache = None
+        if static_len is not None:
+            from transformers import StaticCache
+
+            self.cache = StaticCache(config=model.config, max_cache_len=static_len)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Output:
         import torch
 
         ids = torch.tensor([prompt_ids], device=self.model.device)  # [1, n]
         calls = [0]
+        options = dict(self.options)
+        if self.cache is not None:
+            options["past_key_values"] = self.cache
         hook = self.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
         try:
             start = time.perf_counter()
             with torch.inference_mode():
+                if self.cache is not None:
+                    self.cache.reset()  # its tensors are inference tensors after the first call
                 out = self.model.generate(
                     ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                     do_sample=False, eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
-                    **self.options,
+                    **options,
                 )  # [1, n + new]
             wall = time.perf_counter() - start
         finally:
@@ -305,6 +321,7 @@ class Setup:
     device: str = "cpu"
     backend: str = "transformers"  # the engine's target: transformers, native or llamacpp
     _hf_engine: Any = None
+    _hf_model: Any = None
 
     @property
     def hf_dtype(self) -> str:
@@ -325,7 +342,17 @@ class Setup:
         return self._hf_engine
 
     def hf_model(self) -> Any:
-        return self.hf_engine().target.model
+        """The transformers model of the transformers peers: the engine's own where it has one,
+        else loaded once (on CUDA without the engine's compiled StaticTarget around it)."""
+        if self._hf_model is None:
+            self._hf_model = getattr((self._hf_engine or self.engine).target, "model", None)
+            if self._hf_model is None:
+                if self.model is None:
+                    raise ValueError("the transformers peers need the model's name")
+                from ..models.registry import load_model
+
+                self._hf_model = load_model(self.model, self.hf_dtype, self.device)[0]
+        return self._hf_model
 
 
 def _llamacpp(name: str, setup: Setup, prompt_lookup: bool) -> LlamaCppRunner:
@@ -346,6 +373,7 @@ PEER_RUNNERS: dict[str, Callable[[Setup], Any]] = {
     "hf-prompt-lookup": lambda s: HFRunner("hf-prompt-lookup", s.hf_model(), s.engine.eos_ids,
                                            prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS),
     "hf-static": lambda s: HFRunner("hf-static", s.hf_model(), s.engine.eos_ids, cache_implementation="static"),
+    "hf-static-reused": lambda s: HFRunner("hf-static-reused", s.hf_model(), s.engine.eos_ids, static_len=s.n_ctx),
     "hf-assisted": lambda s: HFRunner("hf-assisted", s.hf_model(), s.engine.eos_ids, assistant_model=s.draft_model),
     "llamacpp-greedy": lambda s: _llamacpp("llamacpp-greedy", s, prompt_lookup=False),
     "llamacpp-prompt-lookup": lambda s: _llamacpp("llamacpp-prompt-lookup", s, prompt_lookup=True),

@@ -1,8 +1,8 @@
 """One loading path: a model source and a backend -> (Target, tokenizer).
 
 A model is a packaged name, a transformers directory or a GGUF file (registry.py resolves it);
-a backend is "native" (leapdecode's own CPU runtime), "transformers" ("hf"; a StaticTarget on
-CUDA, an HFTarget on the CPU), "llamacpp" (the GGUF file run by llama.cpp), or "auto" (native
+a backend is "native" (leapdecode's own runtime, on the CPU or CUDA), "transformers" ("hf"; a
+StaticTarget on CUDA, an HFTarget on the CPU), "llamacpp" (the GGUF file run by llama.cpp), or "auto" (native
 where it runs the model, else transformers). `leapdecode.load` wraps the result in an Engine;
 draft models come through `load_draft`, cached per process.
 """
@@ -24,8 +24,8 @@ _DRAFTS: dict[tuple[str, str, str], tuple[Target, Any]] = {}  # (name, dtype, ba
 
 def pick_backend(backend: str, model: str, dtype: str, device: str = "cpu",
                  notice: Callable[[str], None] | None = None) -> str:
-    """The concrete backend for a request: "auto" is the native runtime on the CPU for an
-    architecture and dtype it runs, else transformers (with a one-line `notice` saying why)."""
+    """The concrete backend for a request: "auto" is the native runtime for an architecture and
+    dtype it runs on that device, else transformers (with a one-line `notice` saying why)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend == "hf":
@@ -35,9 +35,18 @@ def pick_backend(backend: str, model: str, dtype: str, device: str = "cpu",
     from .native import FORMATS, unsupported_reason
     from .registry import resolve
 
-    if device != "cpu":
-        return "transformers"
-    reason = unsupported_reason(resolve(model)) if dtype in FORMATS else f"dtype {dtype} is not one it runs"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            return "transformers"  # whoever loads it says that there is no GPU
+        from importlib.util import find_spec
+
+        from .native.gpu import gpu_unsupported_reason
+
+        reason = gpu_unsupported_reason(resolve(model), dtype)
+        if reason is None and find_spec("triton") is None:
+            reason = "triton is not installed"
+    else:
+        reason = unsupported_reason(resolve(model)) if dtype in FORMATS else f"dtype {dtype} is not one it runs"
     if reason is None:
         return "native"
     if dtype == "int8":

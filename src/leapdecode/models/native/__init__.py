@@ -1,4 +1,5 @@
-"""leapdecode's own CPU decoding runtime: batch-invariant C kernels behind the Target protocol."""
+"""leapdecode's own decoding runtime behind the Target protocol: batch-invariant C kernels on the
+CPU (target.py), Triton kernels and CUDA graphs on an NVIDIA GPU (gpu.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,23 @@ __all__ = ["NativeTarget", "load_native", "unsupported_reason"]
 
 
 def load_native(directory: Path, dtype: str = "bfloat16", device: str = "cpu", max_len: int = 4096,
-                threads: int | None = None, sequences: int = 1) -> NativeTarget:
+                threads: int | None = None, sequences: int = 1):
+    """The native target of a transformers directory: NativeTarget on the CPU, NativeGpuTarget on CUDA."""
+    if device == "cuda":
+        if sequences > 1:
+            raise ValueError("the native runtime batches requests on the CPU only; drop --batch with --device cuda")
+        from ..cuda import require_cuda
+        from .gpu import NativeGpuTarget, gpu_unsupported_reason
+
+        require_cuda(device)
+        reason = gpu_unsupported_reason(Path(directory), dtype)
+        if reason:
+            raise ValueError(f"{reason}; use --backend hf")
+        return NativeGpuTarget(Path(directory), dtype, max_len)
+    if device != "cpu":
+        raise ValueError(f"unknown device {device!r}; choose cpu or cuda")
     if dtype not in FORMATS:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(FORMATS)}")
-    if device != "cpu":
-        raise ValueError(f"the native runtime runs on the CPU only, not {device!r}; use --backend hf")
     reason = unsupported_reason(Path(directory))
     if reason:
         raise ValueError(reason)
