@@ -117,3 +117,17 @@ def test_llama_server_runners(engine):
     finally:
         greedy.server.stop()
         ngram.server.stop()
+
+
+def test_hf_static_reused_runner(engine):
+    """transformers' generate with one StaticCache reused across calls: reset between calls, so a
+    repeated prompt gives the same ids, and a shorter prompt after a longer one sees none of it."""
+    from leapdecode.bench.runners import Setup, build_runners
+
+    (static,) = build_runners(["hf-static-reused"], Setup(engine, n_ctx=96, model="smollm2-135m"))
+    long = engine.encode("Repeat exactly: the quick brown fox jumps over the lazy dog. the quick brown fox")
+    short = engine.encode("Name three colours.")
+    a = static.generate(short, 6)
+    static.generate(long, 6)
+    b = static.generate(short, 6)
+    assert a.token_ids == b.token_ids and 1 <= len(a.token_ids) <= 6 and a.steps == len(a.token_ids)

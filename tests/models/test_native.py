@@ -250,6 +250,10 @@ def test_unsupported_architecture_and_bad_dtype(tmp_path, directory):
         load_native(tmp_path)
     with pytest.raises(ValueError, match="float32, bfloat16, int8"):
         load_native(directory, "float16")
+    with pytest.raises(ValueError, match="unknown device 'tpu'; choose cpu or cuda"):
+        load_native(directory, device="tpu")
+    with pytest.raises(ValueError, match="batches requests on the CPU only"):
+        load_native(directory, device="cuda", sequences=2)
     assert unsupported_reason(directory) is None
 
 

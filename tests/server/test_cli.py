@@ -29,3 +29,17 @@ def test_create_app_refuses_an_unknown_default_method():
 
     with pytest.raises(ValueError, match="unknown method"):
         create_app(lambda: None, method="telepathy")
+
+
+def test_serving_batch_decodes_together_on_the_cpu_native_runtime_only(capsys):
+    from leapdecode.server.cli import DEFAULT_BATCH, serving_batch
+
+    args = build_parser().parse_args(["serve"])
+    assert serving_batch(args, "native") == DEFAULT_BATCH
+    args = build_parser().parse_args(["serve", "--device", "cuda"])
+    assert serving_batch(args, "native") == 1 and capsys.readouterr().err == ""
+    args = build_parser().parse_args(["serve", "--device", "cuda", "--batch", "4"])
+    assert serving_batch(args, "native") == 1
+    assert "only the native runtime on the CPU decodes requests together" in capsys.readouterr().err
+    args = build_parser().parse_args(["serve", "--batch", "4"])
+    assert serving_batch(args, "transformers") == 1

@@ -126,11 +126,12 @@ def app_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serving_batch(args: argparse.Namespace, backend: str) -> int:
-    """Requests decoded at once: --batch on the native runtime, else one."""
-    batch = args.batch or (DEFAULT_BATCH if backend == "native" else 1)
-    if batch > 1 and backend != "native":
-        print(f"--batch {batch}: only the native runtime decodes requests together; serving one at a time",
-              file=sys.stderr)
+    """Requests decoded at once: --batch on the native runtime on the CPU, else one."""
+    together = backend == "native" and getattr(args, "device", "cpu") == "cpu"
+    batch = args.batch or (DEFAULT_BATCH if together else 1)
+    if batch > 1 and not together:
+        print(f"--batch {batch}: only the native runtime on the CPU decodes requests together; serving one "
+              "at a time", file=sys.stderr)
         batch = 1
     return batch
 
