@@ -16,7 +16,7 @@ from leapdecode.models.native import load_native, unsupported_reason
 from leapdecode.models.native import ops
 
 torch.set_num_threads(2)
-FORMATS = ["bfloat16", "int8"]
+FORMATS = ["bfloat16", "int8", "w8a8"]
 
 
 # ---- kernels -----------------------------------------------------------------------------
@@ -33,6 +33,11 @@ def test_linear_matches_torch(w_fp32):
         weight = ops.make_weight(w, fmt, b)
         ref_w = weight.data.float() * (1 if weight.scale is None else weight.scale[:, None])
         assert torch.allclose(ops.linear(x, weight), x @ ref_w.T + b, atol=tol, rtol=tol), fmt
+    weight = ops.make_weight(w, "w8a8", b)  # each row of x quantized too: int8, scale max|x| / 127
+    amax = x.abs().amax(dim=1, keepdim=True)
+    xq = torch.round(x * (127 / amax)).clamp(-127, 127)
+    ref = (xq @ weight.data.float().T) * (amax / 127) * weight.scale + b
+    assert torch.allclose(ops.linear(x, weight), ref, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", ["float32", *FORMATS])

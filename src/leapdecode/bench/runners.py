@@ -326,7 +326,9 @@ class Setup:
     @property
     def hf_dtype(self) -> str:
         """The dtype of the transformers peers (8-bit weights exist on the native runtime only)."""
-        return "bfloat16" if self.dtype == "int8" else self.dtype
+        from ..models.registry import QUANTIZED
+
+        return "bfloat16" if self.dtype in QUANTIZED else self.dtype
 
     def hf_engine(self) -> Any:
         """An engine on the transformers target: the engine itself, or a twin loaded once."""

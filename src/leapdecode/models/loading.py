@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .base import Target
+from .registry import QUANTIZED
 
 DEVICES = ("cpu", "cuda")
 BACKENDS = ("auto", "native", "transformers", "hf", "llamacpp")
@@ -49,8 +50,8 @@ def pick_backend(backend: str, model: str, dtype: str, device: str = "cpu",
         reason = unsupported_reason(resolve(model)) if dtype in FORMATS else f"dtype {dtype} is not one it runs"
     if reason is None:
         return "native"
-    if dtype == "int8":
-        raise ValueError(f"--dtype int8 needs the native runtime, which cannot run this model: {reason}")
+    if dtype in QUANTIZED:
+        raise ValueError(f"--dtype {dtype} needs the native runtime, which cannot run this model: {reason}")
     if notice is not None:
         notice(f"native runtime: {reason.split('; ')[0]}; running on transformers")
     return "transformers"
@@ -134,7 +135,7 @@ def load_draft(name: str, dtype: str = "float32", backend: str = "transformers")
                     from .registry import resolve
 
                     if unsupported_reason(resolve(name)) is not None:
-                        backend, dtype = "transformers", "bfloat16" if dtype == "int8" else dtype
+                        backend, dtype = "transformers", "bfloat16" if dtype in QUANTIZED else dtype
                 _DRAFTS[key] = load_target(name, backend, dtype)
         except ValueError as err:  # ModelNotInstalled's message already names the install command
             raise type(err)(f"draft model: {err}") from None

@@ -16,7 +16,8 @@ from .packaged import PACKAGED, ModelNotInstalled, check_gguf, convert_to_hf_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("float32", "bfloat16")
-INT8_NEEDS_NATIVE = "--dtype int8 runs on leapdecode's own runtime only: use --backend native (or auto)"
+QUANTIZED = ("int8", "w8a8")  # formats of the native runtime alone: 8-bit weights (w8a8: activations too)
+INT8_NEEDS_NATIVE = "--dtype int8 and w8a8 run on leapdecode's own runtime only: use --backend native (or auto)"
 
 
 def cache_dir() -> Path:
@@ -61,7 +62,7 @@ def load_tokenizer(name: str) -> Any:
 
 def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) for a model name, offline."""
-    if dtype == "int8":
+    if dtype in QUANTIZED:
         raise ValueError(INT8_NEEDS_NATIVE)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")

@@ -9,16 +9,19 @@ import torch
 
 from .build import kernels
 
-FORMATS = ("float32", "bfloat16", "int8")
+FORMATS = ("float32", "bfloat16", "int8", "w8a8")
 
 
 @dataclass
 class Weight:
-    """A [out, in] weight in one storage format; `scale` [out] fp32 for int8 (per output channel)."""
+    """A [out, in] weight in one storage format; `scale` [out] fp32 for int8 (per output channel);
+    `wsum` [out] int32, the sums of each output's int8 weights, marks W8A8 (activations quantized
+    to int8 per row, integer dot products)."""
 
     data: torch.Tensor  # [out, in] float32 | bfloat16 | int8
     scale: torch.Tensor | None
     bias: torch.Tensor | None  # [out] float32
+    wsum: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -26,12 +29,12 @@ class Weight:
 
     @property
     def nbytes(self) -> int:
-        extra = sum(t.numel() * 4 for t in (self.scale, self.bias) if t is not None)
+        extra = sum(t.numel() * 4 for t in (self.scale, self.bias, self.wsum) if t is not None)
         return self.data.numel() * self.data.element_size() + extra
 
 
 def make_weight(w: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> Weight:
-    """w: [out, in] float. int8: symmetric, one fp32 scale per output channel (max |w| / 127)."""
+    """w: [out, in] float. int8 and w8a8: symmetric, one fp32 scale per output channel (max |w| / 127)."""
     if fmt not in FORMATS:
         raise ValueError(f"dtype {fmt!r} is not one of {', '.join(FORMATS)}")
     if w.shape[1] % 8:
@@ -44,7 +47,8 @@ def make_weight(w: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> 
         return Weight(w.to(torch.bfloat16).contiguous(), None, b)
     scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)  # [out]
     q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-    return Weight(q, scale.contiguous(), b)
+    wsum = q.sum(dim=1, dtype=torch.int32).contiguous() if fmt == "w8a8" else None
+    return Weight(q, scale.contiguous(), b, wsum)
 
 
 _KERNEL = {torch.float32: "linear_f32", torch.bfloat16: "linear_bf16", torch.int8: "linear_i8"}
@@ -56,6 +60,11 @@ def linear(x: torch.Tensor, w: Weight, out: torch.Tensor | None = None) -> torch
     d_out = w.data.shape[0]
     assert d_in == w.data.shape[1] and x.dtype == torch.float32 and x.is_contiguous()
     y = torch.empty(n, d_out) if out is None else out
+    if w.wsum is not None:
+        if kernels().linear_q8(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), w.wsum.data_ptr(),
+                               _ptr(w.bias), y.data_ptr(), d_out):
+            raise MemoryError("the W8A8 linear ran out of memory")
+        return y
     fn = getattr(kernels(), _KERNEL[w.data.dtype])
     fn(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), y.data_ptr(), d_out)
     return y
@@ -101,11 +110,13 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cac
 
 # ---- the structs of csrc/kernels.c's model_forward (field order and types must match) ----------
 _FMT = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+Q8 = 3  # int8 weights with a wsum: W8A8
 _VP, _FP, _CI, _CF = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 
 class CLin(ctypes.Structure):
-    _fields_ = [("w", _VP), ("scale", _FP), ("bias", _FP), ("out", _CI), ("in_", _CI), ("fmt", _CI), ("pad", _CI)]
+    _fields_ = [("w", _VP), ("scale", _FP), ("bias", _FP), ("wsum", _VP), ("out", _CI), ("in_", _CI), ("fmt", _CI),
+                ("pad", _CI)]
 
 
 class CLayer(ctypes.Structure):
@@ -123,7 +134,8 @@ class CModel(ctypes.Structure):
 
 def c_linear(w: Weight) -> CLin:
     out, d_in = w.shape
-    return CLin(w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), out, d_in, _FMT[w.data.dtype], 0)
+    fmt = Q8 if w.wsum is not None else _FMT[w.data.dtype]
+    return CLin(w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), _ptr(w.wsum), out, d_in, fmt, 0)
 
 
 def read_bandwidth(megabytes: int = 512, repeat: int = 5) -> float:

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { F32 = 0, BF16 = 1, I8 = 2 };
+enum { F32 = 0, BF16 = 1, I8 = 2, Q8 = 3 }; /* Q8: int8 weights and int8 activations (W8A8) */
 
 /* ---- per-category wall time (ms), filled when profiling is on ------------------------------- */
 static int g_profile = 0;
@@ -310,9 +310,165 @@ LINEAR(linear_f32, F32)
 LINEAR(linear_bf16, BF16)
 LINEAR(linear_i8, I8)
 
+/* ---- W8A8: int8 weights times int8 activations, integer dot products ----------------------------
+ * Each row of x is quantized on its own (symmetric, scale max|x| / 127, round to nearest even) and
+ * stored as u8 = q + 128; a dot product is exact integer arithmetic, sum((q + 128) * w) - 128 *
+ * sum(w), in any order, so a row's result depends on nothing but the row (and is the same on every
+ * CPU: VNNI's vpdpbusd where the CPU has it, else 16-bit multiply-adds). Then float(dot) * sx * sw
+ * (+ bias). */
+static uint8_t *g_xq;
+static float *g_sx;
+static long g_xq_cap, g_sx_cap;
+
+static int quantize_rows(const float *x, int n, int in) {
+    if ((long)n * in > g_xq_cap) {
+        uint8_t *p = realloc(g_xq, (size_t)n * in);
+        if (!p) return -1;
+        g_xq = p, g_xq_cap = (long)n * in;
+    }
+    if (n > g_sx_cap) {
+        float *p = realloc(g_sx, sizeof(float) * (size_t)n);
+        if (!p) return -1;
+        g_sx = p, g_sx_cap = n;
+    }
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int r = 0; r < n; r++) { /* in % 8 == 0 (the native linear's rule) */
+        const float *xr = x + (long)r * in;
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < in; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + k)));
+        float lanes[8], amax = 0.0f;
+        _mm256_storeu_ps(lanes, m);
+        for (int l = 0; l < 8; l++) amax = fmaxf(amax, lanes[l]);
+        const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        g_sx[r] = amax > 0.0f ? amax / 127.0f : 0.0f;
+        uint8_t *q = g_xq + (long)r * in;
+        const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), off = _mm256_set1_epi32(128);
+        for (int k = 0; k < in; k += 8) { /* round to nearest even (the default rounding mode) */
+            __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), inv));
+            v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi), off);
+            __m128i p16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            _mm_storel_epi64((__m128i *)(q + k), _mm_packus_epi16(p16, p16));
+        }
+    }
+    return 0;
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define QSTEP 64
+#define QROWS 4 /* 4 rows x 4 outputs: 16 accumulators + 4 weight vectors of the 32 registers */
+typedef __m512i qvec;
+#define qzero _mm512_setzero_si512
+static inline __attribute__((always_inline)) qvec qload_x(const uint8_t *p) { return _mm512_loadu_si512(p); }
+static inline __attribute__((always_inline)) qvec qload_w(const int8_t *p) { return _mm512_loadu_si512(p); }
+static inline __attribute__((always_inline)) qvec qmac(qvec acc, qvec x, qvec w) { return _mm512_dpbusd_epi32(acc, x, w); }
+static inline __attribute__((always_inline)) __m256i qhalf(qvec v) {
+    return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+}
+#else
+#define QSTEP 16
+#define QROWS 2 /* 2 rows x 4 outputs: 8 accumulators + 4 weight vectors of the 16 registers */
+typedef __m256i qvec;
+#define qzero _mm256_setzero_si256
+static inline __attribute__((always_inline)) qvec qload_x(const uint8_t *p) {
+    return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+}
+static inline __attribute__((always_inline)) qvec qload_w(const int8_t *p) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
+}
+static inline __attribute__((always_inline)) qvec qmac(qvec acc, qvec x, qvec w) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(x, w)); /* |pair sum| <= 2 * 255 * 127 */
+}
+static inline __attribute__((always_inline)) __m256i qhalf(qvec v) { return v; }
+#endif
+
+/* the four sums of four accumulators, as [4] int32 */
+static inline __attribute__((always_inline)) __m128i qsum4(qvec a0, qvec a1, qvec a2, qvec a3) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(qhalf(a0), qhalf(a1)), _mm256_hadd_epi32(qhalf(a2), qhalf(a3)));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+typedef struct { int n, in, out; const int8_t *w; const float *s, *b; const int *wsum; float *y; } QArgs;
+
+/* rows r0..r0+R-1 against the NO outputs o0.. (wr: their weight rows; no of them real); the first
+ * tile of a block of 8 outputs fetches the next block's weights (8 * in bytes) while it computes */
+static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, int NO, int r0, int o0, int no,
+                                                        const int8_t *const *wr, int fetch) {
+    const int in = a->in, inv = in - in % QSTEP;
+    const char *next = (const char *)(a->w + (long)(o0 + NO) * in), *end = (const char *)(a->w + (long)a->out * in);
+    qvec acc[QROWS][8];
+    for (int i = 0; i < R; i++)
+        for (int u = 0; u < NO; u++) acc[i][u] = qzero();
+    for (int k = 0; k < inv; k += QSTEP) {
+        if (fetch)
+            for (const char *p = next + 8L * k; p < next + 8L * (k + QSTEP) && p < end; p += 64)
+                _mm_prefetch(p, _MM_HINT_T0);
+        qvec wv[8];
+        for (int u = 0; u < NO; u++) wv[u] = qload_w(wr[u] + k);
+        for (int i = 0; i < R; i++) {
+            qvec xv = qload_x(g_xq + (long)(r0 + i) * in + k);
+            for (int u = 0; u < NO; u++) acc[i][u] = qmac(acc[i][u], xv, wv[u]);
+        }
+    }
+    for (int g = 0; g < NO; g += 4) {
+        if (g >= no) break;
+        const int ng = no - g < 4 ? no - g : 4, og = o0 + g;
+        int o4[4];
+        for (int u = 0; u < 4; u++) o4[u] = og + (u < ng ? u : 0);
+        const __m128i wsum = _mm_slli_epi32(_mm_setr_epi32(a->wsum[o4[0]], a->wsum[o4[1]], a->wsum[o4[2]], a->wsum[o4[3]]), 7);
+        const __m128 sw = _mm_setr_ps(a->s[o4[0]], a->s[o4[1]], a->s[o4[2]], a->s[o4[3]]);
+        const __m128 bias = a->b ? _mm_setr_ps(a->b[o4[0]], a->b[o4[1]], a->b[o4[2]], a->b[o4[3]]) : _mm_setzero_ps();
+        for (int i = 0; i < R; i++) {
+            __m128i dot = qsum4(acc[i][g], acc[i][g + 1], acc[i][g + 2], acc[i][g + 3]);
+            if (inv < in) { /* the tail of k (in % QSTEP), exact integers too */
+                const uint8_t *xr = g_xq + (long)(r0 + i) * in;
+                int t[4] = {0, 0, 0, 0};
+                for (int u = 0; u < 4; u++)
+                    for (int k = inv; k < in; k++) t[u] += (int)xr[k] * (int)wr[g + u][k];
+                dot = _mm_add_epi32(dot, _mm_loadu_si128((const __m128i *)t));
+            }
+            dot = _mm_sub_epi32(dot, wsum); /* 128 * sum(w): the u8 offset of the activations */
+            __m128 v = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(g_sx[r0 + i])), sw);
+            if (a->b) v = _mm_add_ps(v, bias);
+            float *yr = a->y + (long)(r0 + i) * a->out + og;
+            if (ng == 4) _mm_storeu_ps(yr, v);
+            else {
+                float tmp[4];
+                _mm_storeu_ps(tmp, v);
+                memcpy(yr, tmp, sizeof(float) * ng);
+            }
+        }
+    }
+}
+
+/* blocks of 8 outputs; rows in groups of QROWS against 4 outputs at a time, a last single row
+ * against all 8 */
+static void linear_q8_chunk(void *ctx, int ob_lo, int ob_hi) {
+    const QArgs *a = ctx;
+    for (int ob = ob_lo; ob < ob_hi; ob++) {
+        const int o0 = ob * 8, no = a->out - o0 < 8 ? a->out - o0 : 8;
+        const int8_t *wr[8];
+        for (int u = 0; u < 8; u++) wr[u] = a->w + (long)(o0 + (u < no ? u : 0)) * a->in;
+        int r0 = 0;
+        for (; r0 + QROWS <= a->n; r0 += QROWS) {
+            qtile(a, QROWS, 4, r0, o0, no, wr, r0 == 0);
+            if (no > 4) qtile(a, QROWS, 4, r0, o0 + 4, no - 4, wr + 4, 0);
+        }
+        for (; r0 < a->n; r0++) qtile(a, 1, 8, r0, o0, no, wr, r0 == 0);
+    }
+}
+
+int linear_q8(const float *x, int n, int in, const void *w, const float *s, const int *wsum, const float *b,
+              float *y, int out) {
+    if (quantize_rows(x, n, in)) return -1;
+    QArgs a = {n, in, out, w, s, b, wsum, y};
+    parallel_for((out + 7) / 8, linear_q8_chunk, &a);
+    return 0;
+}
+
 typedef struct {
     const void *w;
     const float *scale, *bias; /* [out] or NULL */
+    const int *wsum;           /* Q8: [out] sums of each output's int8 weights */
     int out, in, fmt, pad;
 } Lin;
 
@@ -320,7 +476,8 @@ static void linear(const Lin *l, const float *x, int n, float *y) {
     TIC;
     if (l->fmt == F32) linear_f32(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
     else if (l->fmt == BF16) linear_bf16(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
-    else linear_i8(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
+    else if (l->fmt == I8) linear_i8(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
+    else linear_q8(x, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out);
     TOC(0);
 }
 
