@@ -227,15 +227,16 @@ class AlwaysWrong(Drafter):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_drafter_identical_to_none(targets, tokenizer, dev_questions, fmt):
-    """bf16 and int8: each drafter's passes have other widths and tree shapes than `none`'s, and
-    the ids are still equal (batch invariance), on a literal prompt and a dev question; so are
-    the tokens' log-probabilities, bit for bit."""
+    """bf16, int8 and w8a8: each drafter's passes have other widths and tree shapes than `none`'s,
+    and the ids are still equal (batch invariance), on a literal prompt (and a dev question in
+    bf16); so are the tokens' log-probabilities, bit for bit."""
     from tests.conftest import pick_prompts
 
     engine = Engine(targets[fmt], tokenizer, name="smollm2-135m")
     config = GenerationConfig(max_new_tokens=48, logprobs=2)
     dev = pick_prompts(dev_questions, 1)
-    for prompt in [PROMPTS[0], dev[5]]:
+    # a dev question in bf16; the 8-bit formats' dev-question runs are the bench's `identical` column
+    for prompt in [PROMPTS[0], dev[5]] if fmt == "bfloat16" else [PROMPTS[0]]:
         plain = engine.generate(prompt, config, "none")
         assert len(plain.token_ids) > 0 and [lp.token for lp in plain.logprobs] == plain.token_ids
         for method in METHODS:

@@ -2,8 +2,8 @@
 
 A model is a packaged name, a transformers directory or a GGUF file (registry.py resolves it);
 a backend is "native" (leapdecode's own runtime, on the CPU or CUDA), "transformers" ("hf"; a
-StaticTarget on CUDA, an HFTarget on the CPU), "llamacpp" (the GGUF file run by llama.cpp), or "auto" (native
-where it runs the model, else transformers). `leapdecode.load` wraps the result in an Engine;
+StaticTarget on CUDA, an HFTarget on the CPU), "llamacpp" (the GGUF file run by llama.cpp), or
+"auto" (native where it runs the model, else transformers). `leapdecode.load` wraps the result in an Engine;
 draft models come through `load_draft`, cached per process.
 """
 
