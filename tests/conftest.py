@@ -22,6 +22,18 @@ def dev_questions():
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def tree_mask(parents):
+    """(mask [n, n] bool, depths [n]) of a draft tree given each node's parent (-1: a root)."""
+    n = len(parents)
+    mask, depths = torch.zeros(n, n, dtype=torch.bool), torch.zeros(n, dtype=torch.long)
+    for j, p in enumerate(parents):
+        mask[j, j] = True
+        if p >= 0:
+            mask[j] |= mask[p]
+            depths[j] = depths[p] + 1
+    return mask, depths
+
+
 def pick_prompts(questions, per_subtask):
     """The first `per_subtask` questions of each subtask (MT-bench categories grouped)."""
     subtasks = {"translation", "summarization", "qa", "math_reasoning", "rag"}

@@ -14,6 +14,7 @@ from leapdecode.drafters import Draft, Drafter
 from leapdecode.engine import Engine
 from leapdecode.models.native import load_native, unsupported_reason
 from leapdecode.models.native import ops
+from tests.conftest import tree_mask
 
 torch.set_num_threads(2)
 FORMATS = ["bfloat16", "int8", "w8a8"]
@@ -152,17 +153,6 @@ def test_float32_close_to_transformers_and_greedy_equal(directory, targets):
     assert ours == ref_out
 
 
-def _tree_mask(parents: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(parents)
-    mask, depths = torch.zeros(n, n, dtype=torch.bool), torch.zeros(n, dtype=torch.long)
-    for j, p in enumerate(parents):
-        mask[j, j] = True
-        if p >= 0:
-            mask[j] |= mask[p]
-            depths[j] = depths[p] + 1
-    return mask, depths
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_logits_bitwise_at_any_width_and_shape(targets, fmt):
     t = targets[fmt]
@@ -181,7 +171,7 @@ def test_logits_bitwise_at_any_width_and_shape(targets, fmt):
     # a tree holding chain[0..2] as the path 0 -> 2 -> 4, with distractor siblings
     parents = [-1, -1, 0, 0, 2, 2]
     tokens = [chain[0], 7, chain[1], 8, chain[2], 9]
-    mask, depths = _tree_mask(parents)
+    mask, depths = tree_mask(parents)
     tree = run(tokens, depths, mask)
     for node, row in ((0, 0), (2, 1), (4, 2)):
         assert torch.equal(tree[node], wide[row])
@@ -191,7 +181,7 @@ def test_logits_bitwise_at_any_width_and_shape(targets, fmt):
 def test_commit_path_then_logits_equal_fresh_prefill(targets, fmt):
     t = targets[fmt]
     parents, tokens = [-1, -1, 0, 0, 2], [11, 12, 13, 14, 15]
-    mask, depths = _tree_mask(parents)
+    mask, depths = tree_mask(parents)
     t.reset()
     t.prefill(PROMPT)
     t.forward(tokens, depths, mask)

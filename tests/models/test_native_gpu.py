@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 from importlib.util import find_spec
-from typing import Sequence
 
 import pytest
 import torch
 
 from leapdecode.models.native.gpu import gpu_unsupported_reason
+from tests.conftest import tree_mask
 
 CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(
@@ -48,24 +48,13 @@ def _target(directory, dtype, **kw):
                            graphs=CUDA, chunk=32, **kw)
 
 
-def _tree(parents: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(parents)
-    mask, depths = torch.zeros(n, n, dtype=torch.bool), torch.zeros(n, dtype=torch.long)
-    for j, p in enumerate(parents):
-        mask[j, j] = True
-        if p >= 0:
-            mask[j] |= mask[p]
-            depths[j] = depths[p] + 1
-    return mask, depths
-
-
 def test_float32_equals_transformers_for_trees_commits_and_chains(tiny):
     from leapdecode.models.hf import HFTarget
 
     directory, model = tiny
     ours, ref = _target(directory, "float32"), HFTarget(model)
     parents, tokens = [-1, 0, 0, 1, 3, 2], [17, 18, 19, 20, 21, 22]
-    mask, depths = _tree(parents)
+    mask, depths = tree_mask(parents)
     for step in [(tokens, depths, mask, [0, 1, 3, 4]),  # a tree; keep a path that is not a prefix
                  (list(range(30, 50)), torch.arange(20), None, list(range(13))),  # a chain wider than a pass
                  ([5], torch.zeros(1, dtype=torch.long), None, [0])]:
@@ -98,7 +87,7 @@ def test_bfloat16_rows_bitwise_whatever_the_pass(tiny):
         t.commit([])
         assert torch.equal(alone[0], wide[k]), k
     parents = [-1, -1, 0, 0, 2, 2, 4]  # chain[0] -> chain[1] -> chain[2] -> chain[3] with siblings
-    mask, depths = _tree(parents)
+    mask, depths = tree_mask(parents)
     tree = run([chain[0], 7, chain[1], 8, chain[2], 9, chain[3]], depths, mask, keep=[0, 2, 4])
     for node, row in ((0, 0), (2, 1), (4, 2), (6, 3)):
         assert torch.equal(tree[node], wide[row]), node
