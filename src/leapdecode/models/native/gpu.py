@@ -9,8 +9,8 @@ triton_kernels.py for the rest. Two things make a row's logits bitwise the same 
   (cuBLAS picks its kernel by shape, and a kernel's rows do not mix). A forward of more than
   `width` inputs runs as several passes of `width`. The padding rows write their K/V past the
   pass's own slots and nobody reads them.
-- **Attention in one canonical order** (triton_kernels.attention): a query reads the committed
-  slots, then its ancestors by depth. commit() copies a kept tree path down into consecutive slots,
+- **Attention in one canonical order** (triton_kernels.attention_chunk and attention_merge): a
+  query reads the committed slots, then its ancestors by depth, in fixed chunks merged in order. commit() copies a kept tree path down into consecutive slots,
   so the committed slots always hold the committed tokens in order.
 
 Each pass width is captured once as a CUDA graph and replayed after one host-to-device copy of its
@@ -108,7 +108,7 @@ class NativeGpuTarget:
         self._check_room(len(tokens))
         for start in range(0, len(tokens), step):
             chunk = list(tokens[start:start + step])
-            self._prefill.run(chunk, torch.arange(len(chunk)), None, self._length)
+            self._prefill.run(chunk, torch.arange(len(chunk)), self._length)
             self._length += len(chunk)
 
     @torch.inference_mode()
@@ -126,7 +126,7 @@ class NativeGpuTarget:
         out = []
         for start in range(0, n, self.width):
             rows = slice(start, min(n, start + self.width))
-            out.append(self._decode.run(list(tokens[rows]), depths[rows], None, self._length, start=start,
+            out.append(self._decode.run(list(tokens[rows]), depths[rows], self._length, start=start,
                                         keys=(extra[rows], count[rows])))
         self.guard.start(n)
         return out[0] if len(out) == 1 else torch.cat(out)
@@ -173,13 +173,13 @@ class _Pass:
         if graph:
             self._capture()
 
-    def run(self, tokens: list[int], depths: torch.Tensor, mask: torch.Tensor | None, length: int,
-            start: int = 0, keys: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
+    def run(self, tokens: list[int], depths: torch.Tensor, length: int, start: int = 0,
+            keys: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
         """Rows for `tokens` (inputs start.. of a forward whose first input goes to slot `length`);
         keys: each row's in-pass key slots and their count (default: a causal chain)."""
         n, r = len(tokens), self.rows
         base = length + start
-        extra, count = _visible(mask, n, base) if keys is None else keys
+        extra, count = _visible(None, n, base) if keys is None else keys
         slots = np.arange(base, base + r, dtype=np.int32)  # padding rows write past the pass
         ints, anc = self.host_ints, self.host_anc
         ints[0, :n], ints[0, n:] = tokens, 0

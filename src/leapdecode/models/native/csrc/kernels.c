@@ -472,13 +472,16 @@ typedef struct {
     int out, in, fmt, pad;
 } Lin;
 
-static void linear(const Lin *l, const float *x, int n, float *y) {
+/* 0, or -1 if memory ran out (W8A8's quantized activations) */
+static int linear(const Lin *l, const float *x, int n, float *y) {
     TIC;
+    int err = 0;
     if (l->fmt == F32) linear_f32(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
     else if (l->fmt == BF16) linear_bf16(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
     else if (l->fmt == I8) linear_i8(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
-    else linear_q8(x, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out);
+    else err = linear_q8(x, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out);
     TOC(0);
+    return err;
 }
 
 static inline float dot(const float *a, const float *b, int d) {
@@ -661,7 +664,7 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
     for (int li = 0; ok && li < m->n_layers; li++) {
         const LayerW *L = &m->layers[li];
         { TIC; rmsnorm(x, n, H, L->attn_norm, m->eps, m->norm_offset, t1); TOC(2); }
-        linear(&L->qkv, t1, n, qkv);
+        if (linear(&L->qkv, t1, n, qkv)) ok = 0;
         {
             TIC;
             for (int j = 0; j < n; j++) {
@@ -685,7 +688,7 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
         }
         { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, lo, hi, extra, count, max_extra, m->attn_scale,
                          L->window, pos, att); TOC(1); }
-        linear(&L->o, att, n, t2);
+        if (linear(&L->o, att, n, t2)) ok = 0;
         {
             TIC;
             if (L->post_attn_norm) rmsnorm(t2, n, H, L->post_attn_norm, m->eps, m->norm_offset, t2);
@@ -693,9 +696,9 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
             rmsnorm(x, n, H, L->mlp_norm, m->eps, m->norm_offset, t1);
             TOC(2);
         }
-        linear(&L->gu, t1, n, gu);
+        if (linear(&L->gu, t1, n, gu)) ok = 0;
         { TIC; gated_act(gu, n, m->inter, m->act, act); TOC(2); }
-        linear(&L->down, act, n, t2);
+        if (linear(&L->down, act, n, t2)) ok = 0;
         {
             TIC;
             if (L->post_mlp_norm) rmsnorm(t2, n, H, L->post_mlp_norm, m->eps, m->norm_offset, t2);
@@ -706,7 +709,7 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
     if (ok && logits && head_from < n) {
         const int rows = n - head_from;
         { TIC; rmsnorm(x + (long)head_from * H, rows, H, m->final_norm, m->eps, m->norm_offset, t1); TOC(2); }
-        linear(&m->head, t1, rows, logits);
+        if (linear(&m->head, t1, rows, logits)) ok = 0;
     }
     free(t1); free(t2); free(qkv); free(att); free(gu); free(act); free(q);
     return ok ? 0 : -1;
