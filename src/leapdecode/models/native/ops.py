@@ -16,16 +16,27 @@ FORMATS = ("float32", "bfloat16", "int8", "w8a8")
 class Weight:
     """A [out, in] weight in one storage format; `scale` [out] fp32 for int8 (per output channel);
     `wsum` [out] int32, the sums of each output's int8 weights, marks W8A8 (activations quantized
-    to int8 per row, integer dot products)."""
+    to int8 per row, integer dot products), whose `data` is packed in panels of 16 outputs:
+    [ceil(out / 16), in / 4, 16, 4], element [p, t, o, j] = W[16 p + o, 4 t + j] (see
+    csrc/kernels.c), outputs padded with zeros."""
 
-    data: torch.Tensor  # [out, in] float32 | bfloat16 | int8
+    data: torch.Tensor  # [out, in] float32 | bfloat16 | int8, or W8A8's panels
     scale: torch.Tensor | None
     bias: torch.Tensor | None  # [out] float32
     wsum: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
+        if self.wsum is not None:
+            return self.wsum.numel(), self.data.shape[1] * 4
         return tuple(self.data.shape)
+
+    def int8_rows(self, ids: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """Rows `ids` of an 8-bit weight as [len(ids), in] int8 (unpacking W8A8's panels)."""
+        if self.wsum is None:
+            return self.data[ids]
+        out, d_in = self.shape
+        return self.data.permute(0, 2, 1, 3).reshape(-1, d_in)[:out][ids]
 
     @property
     def nbytes(self) -> int:
@@ -47,8 +58,12 @@ def make_weight(w: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> 
         return Weight(w.to(torch.bfloat16).contiguous(), None, b)
     scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)  # [out]
     q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-    wsum = q.sum(dim=1, dtype=torch.int32).contiguous() if fmt == "w8a8" else None
-    return Weight(q, scale.contiguous(), b, wsum)
+    if fmt == "int8":
+        return Weight(q, scale.contiguous(), b)
+    wsum = q.sum(dim=1, dtype=torch.int32).contiguous()
+    out, d_in = q.shape
+    panels = torch.nn.functional.pad(q, (0, 0, 0, -out % 16)).view(-1, 16, d_in // 4, 4).permute(0, 2, 1, 3)
+    return Weight(panels.contiguous(), scale.contiguous(), b, wsum)
 
 
 _KERNEL = {torch.float32: "linear_f32", torch.bfloat16: "linear_bf16", torch.int8: "linear_i8"}
@@ -57,8 +72,8 @@ _KERNEL = {torch.float32: "linear_f32", torch.bfloat16: "linear_bf16", torch.int
 def linear(x: torch.Tensor, w: Weight, out: torch.Tensor | None = None) -> torch.Tensor:
     """x: [n, in] float32 contiguous -> [n, out], each row bitwise independent of n."""
     n, d_in = x.shape
-    d_out = w.data.shape[0]
-    assert d_in == w.data.shape[1] and x.dtype == torch.float32 and x.is_contiguous()
+    d_out = w.shape[0]
+    assert d_in == w.shape[1] and x.dtype == torch.float32 and x.is_contiguous()
     y = torch.empty(n, d_out) if out is None else out
     if w.wsum is not None:
         if kernels().linear_q8(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), w.wsum.data_ptr(),

@@ -131,8 +131,9 @@ class NativeTarget:
 
     def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
         w, ids = self.m.head, ids.long().cpu()
-        rows = w.data[ids].float()
-        return rows * w.scale[ids, None] if w.scale is not None else rows
+        if w.scale is None:
+            return w.data[ids].float()
+        return w.int8_rows(ids).float() * w.scale[ids, None]
 
     def linear(self, weight: torch.Tensor, dtype: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         w = ops.make_weight(weight.detach().float().cpu(), dtype or self.dtype)

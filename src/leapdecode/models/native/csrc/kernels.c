@@ -353,115 +353,127 @@ static int quantize_rows(const float *x, int n, int in) {
     return 0;
 }
 
+/* The weights are packed once at load (ops.make_weight) in panels of 16 outputs: panel p, k-quad t
+ * is 64 bytes at w + (p * in / 4 + t) * 64, byte 4 * o + j holding W[16 p + o][4 t + j] (outputs
+ * padded with zero rows to a multiple of 16). One multiply-add of a broadcast quad of x against a
+ * panel's quad adds a 4-term dot product to each of the 16 outputs' sums, so every lane ends
+ * holding one output's whole dot product: no horizontal sums. A tile is up to QROWS rows against
+ * one panel (one weight load, QROWS broadcasts and QROWS multiply-adds per quad). */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#define QSTEP 64
-#define QROWS 4 /* 4 rows x 4 outputs: 16 accumulators + 4 weight vectors of the 32 registers */
-typedef __m512i qvec;
+#define QH 1     /* vectors per panel quad */
+#define QROWS 8  /* 8 accumulators: enough in flight for vpdpbusd's latency */
+typedef __m512i qacc, qw, qx;
 #define qzero _mm512_setzero_si512
-static inline __attribute__((always_inline)) qvec qload_x(const uint8_t *p) { return _mm512_loadu_si512(p); }
-static inline __attribute__((always_inline)) qvec qload_w(const int8_t *p) { return _mm512_loadu_si512(p); }
-static inline __attribute__((always_inline)) qvec qmac(qvec acc, qvec x, qvec w) { return _mm512_dpbusd_epi32(acc, x, w); }
-static inline __attribute__((always_inline)) __m256i qhalf(qvec v) {
-    return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+static inline __attribute__((always_inline)) qw qw_load(const int8_t *p) { return _mm512_loadu_si512(p); }
+static inline __attribute__((always_inline)) qx qx_bcast(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
 }
-#else
-#define QSTEP 16
-#define QROWS 2 /* 2 rows x 4 outputs: 8 accumulators + 4 weight vectors of the 16 registers */
-typedef __m256i qvec;
+static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) { return _mm512_dpbusd_epi32(a, x, w); }
+#else /* vpdpbusd's exact result from 16-bit multiply-adds: the even bytes of each quad, then the odd */
+#define QH 2
+#define QROWS 4 /* 4 rows x 2 vectors: 8 accumulators, 4 weight and 2 activation registers of 16 */
+typedef __m256i qacc;
+typedef struct { __m256i e, o; } qw, qx;
 #define qzero _mm256_setzero_si256
-static inline __attribute__((always_inline)) qvec qload_x(const uint8_t *p) {
-    return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+static inline __attribute__((always_inline)) qw qw_load(const int8_t *p) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    return (qw){_mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8), _mm256_srai_epi16(v, 8)};
 }
-static inline __attribute__((always_inline)) qvec qload_w(const int8_t *p) {
-    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
+static inline __attribute__((always_inline)) qx qx_bcast(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    __m256i b = _mm256_set1_epi32(v);
+    return (qx){_mm256_and_si256(b, _mm256_set1_epi16(0xff)), _mm256_srli_epi16(b, 8)};
 }
-static inline __attribute__((always_inline)) qvec qmac(qvec acc, qvec x, qvec w) {
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(x, w)); /* |pair sum| <= 2 * 255 * 127 */
+static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) {
+    /* |x0 w0 + x2 w2| <= 2 * 255 * 128: no 16-bit pair sum overflows int32 */
+    return _mm256_add_epi32(a, _mm256_add_epi32(_mm256_madd_epi16(x.e, w.e), _mm256_madd_epi16(x.o, w.o)));
 }
-static inline __attribute__((always_inline)) __m256i qhalf(qvec v) { return v; }
 #endif
-
-/* the four sums of four accumulators, as [4] int32 */
-static inline __attribute__((always_inline)) __m128i qsum4(qvec a0, qvec a1, qvec a2, qvec a3) {
-    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(qhalf(a0), qhalf(a1)), _mm256_hadd_epi32(qhalf(a2), qhalf(a3)));
-    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
+#define QV (16 / QH) /* outputs per vector */
+#define QAHEAD 2     /* panels the first group of rows fetches ahead */
 
 typedef struct { int n, in, out; const int8_t *w; const float *s, *b; const int *wsum; float *y; } QArgs;
 
-/* rows r0..r0+R-1 against the NO outputs o0.. (wr: their weight rows; no of them real); the first
- * tile of a block of 8 outputs fetches the next block's weights (8 * in bytes) while it computes */
-static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, int NO, int r0, int o0, int no,
-                                                        const int8_t *const *wr, int fetch) {
-    const int in = a->in, inv = in - in % QSTEP;
-    const char *next = (const char *)(a->w + (long)(o0 + NO) * in), *end = (const char *)(a->w + (long)a->out * in);
-    qvec acc[QROWS][8];
+/* y = float(dot - 128 * wsum) * sx * sw (+ b) for the QV outputs o.. of row r (the u8 offset of
+ * the activations taken back out); only the real outputs are stored */
+static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc acc, int r, int o) {
+    const float sx = g_sx[r];
+    float *y = a->y + (long)r * a->out + o;
+    if (a->out - o >= QV) { /* the same operations as the tail below, QV lanes at once */
+#if QH == 1
+        __m512i d = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_loadu_si512(a->wsum + o), 7));
+        __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(sx)), _mm512_loadu_ps(a->s + o));
+        if (a->b) f = _mm512_add_ps(f, _mm512_loadu_ps(a->b + o));
+        _mm512_storeu_ps(y, f);
+#else
+        __m256i d = _mm256_sub_epi32(acc, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(a->wsum + o)), 7));
+        __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sx)), _mm256_loadu_ps(a->s + o));
+        if (a->b) f = _mm256_add_ps(f, _mm256_loadu_ps(a->b + o));
+        _mm256_storeu_ps(y, f);
+#endif
+        return;
+    }
+    int32_t dot[QV];
+    memcpy(dot, &acc, sizeof acc);
+    for (int u = 0; u < a->out - o; u++) {
+        float f = (float)(dot[u] - (a->wsum[o + u] << 7)) * sx * a->s[o + u];
+        y[u] = a->b ? f + a->b[o + u] : f;
+    }
+}
+
+/* rows r0..r0+R-1 against panel p. The first group of rows also fetches panel p + QAHEAD, one line
+ * per quad: the hardware stops streaming while later groups reread this panel from the cache, and
+ * without this the next panel's first group waited on memory (2-3x slower passes of 9-16 rows). */
+static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, int r0, int p) {
+    const int quads = a->in / 4;
+    const int8_t *wp = a->w + (long)p * quads * 64;
+    const char *ahead = r0 == 0 && p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * quads * 64) : NULL;
+    const uint8_t *xr = g_xq + (long)r0 * a->in;
+    qacc acc[QROWS][QH];
     for (int i = 0; i < R; i++)
-        for (int u = 0; u < NO; u++) acc[i][u] = qzero();
-    for (int k = 0; k < inv; k += QSTEP) {
-        if (fetch)
-            for (const char *p = next + 8L * k; p < next + 8L * (k + QSTEP) && p < end; p += 64)
-                _mm_prefetch(p, _MM_HINT_T0);
-        qvec wv[8];
-        for (int u = 0; u < NO; u++) wv[u] = qload_w(wr[u] + k);
+        for (int h = 0; h < QH; h++) acc[i][h] = qzero();
+    for (int t = 0; t < quads; t++) {
+        if (ahead) _mm_prefetch(ahead + (long)t * 64, _MM_HINT_T0);
+        qw wv[QH];
+        for (int h = 0; h < QH; h++) wv[h] = qw_load(wp + t * 64 + h * 32);
         for (int i = 0; i < R; i++) {
-            qvec xv = qload_x(g_xq + (long)(r0 + i) * in + k);
-            for (int u = 0; u < NO; u++) acc[i][u] = qmac(acc[i][u], xv, wv[u]);
+            qx xv = qx_bcast(xr + (long)i * a->in + 4 * t);
+            for (int h = 0; h < QH; h++) acc[i][h] = qmac(acc[i][h], xv, wv[h]);
         }
     }
-    for (int g = 0; g < NO; g += 4) {
-        if (g >= no) break;
-        const int ng = no - g < 4 ? no - g : 4, og = o0 + g;
-        int o4[4];
-        for (int u = 0; u < 4; u++) o4[u] = og + (u < ng ? u : 0);
-        const __m128i wsum = _mm_slli_epi32(_mm_setr_epi32(a->wsum[o4[0]], a->wsum[o4[1]], a->wsum[o4[2]], a->wsum[o4[3]]), 7);
-        const __m128 sw = _mm_setr_ps(a->s[o4[0]], a->s[o4[1]], a->s[o4[2]], a->s[o4[3]]);
-        const __m128 bias = a->b ? _mm_setr_ps(a->b[o4[0]], a->b[o4[1]], a->b[o4[2]], a->b[o4[3]]) : _mm_setzero_ps();
-        for (int i = 0; i < R; i++) {
-            __m128i dot = qsum4(acc[i][g], acc[i][g + 1], acc[i][g + 2], acc[i][g + 3]);
-            if (inv < in) { /* the tail of k (in % QSTEP), exact integers too */
-                const uint8_t *xr = g_xq + (long)(r0 + i) * in;
-                int t[4] = {0, 0, 0, 0};
-                for (int u = 0; u < 4; u++)
-                    for (int k = inv; k < in; k++) t[u] += (int)xr[k] * (int)wr[g + u][k];
-                dot = _mm_add_epi32(dot, _mm_loadu_si128((const __m128i *)t));
-            }
-            dot = _mm_sub_epi32(dot, wsum); /* 128 * sum(w): the u8 offset of the activations */
-            __m128 v = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(g_sx[r0 + i])), sw);
-            if (a->b) v = _mm_add_ps(v, bias);
-            float *yr = a->y + (long)(r0 + i) * a->out + og;
-            if (ng == 4) _mm_storeu_ps(yr, v);
-            else {
-                float tmp[4];
-                _mm_storeu_ps(tmp, v);
-                memcpy(yr, tmp, sizeof(float) * ng);
-            }
-        }
-    }
+    for (int i = 0; i < R; i++)
+        for (int h = 0; h < QH; h++)
+            if (16 * p + h * QV < a->out) qfinish(a, acc[i][h], r0 + i, 16 * p + h * QV);
 }
 
-/* blocks of 8 outputs; rows in groups of QROWS against 4 outputs at a time, a last single row
- * against all 8 */
-static void linear_q8_chunk(void *ctx, int ob_lo, int ob_hi) {
+static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
     const QArgs *a = ctx;
-    for (int ob = ob_lo; ob < ob_hi; ob++) {
-        const int o0 = ob * 8, no = a->out - o0 < 8 ? a->out - o0 : 8;
-        const int8_t *wr[8];
-        for (int u = 0; u < 8; u++) wr[u] = a->w + (long)(o0 + (u < no ? u : 0)) * a->in;
-        int r0 = 0;
-        for (; r0 + QROWS <= a->n; r0 += QROWS) {
-            qtile(a, QROWS, 4, r0, o0, no, wr, r0 == 0);
-            if (no > 4) qtile(a, QROWS, 4, r0, o0 + 4, no - 4, wr + 4, 0);
+    for (int p = p_lo; p < p_hi; p++)
+        for (int r0 = 0; r0 < a->n; r0 += QROWS) {
+            switch (a->n - r0 < QROWS ? a->n - r0 : QROWS) { /* a constant R per case: registers */
+            case 1: qtile(a, 1, r0, p); break;
+            case 2: qtile(a, 2, r0, p); break;
+            case 3: qtile(a, 3, r0, p); break;
+#if QROWS == 8
+            case 4: qtile(a, 4, r0, p); break;
+            case 5: qtile(a, 5, r0, p); break;
+            case 6: qtile(a, 6, r0, p); break;
+            case 7: qtile(a, 7, r0, p); break;
+#endif
+            default: qtile(a, QROWS, r0, p); break;
+            }
         }
-        for (; r0 < a->n; r0++) qtile(a, 1, 8, r0, o0, no, wr, r0 == 0);
-    }
 }
 
+/* w: packed as above ([ceil(out / 16)][in / 4][64] bytes); in % 4 == 0. Threads split the panels. */
 int linear_q8(const float *x, int n, int in, const void *w, const float *s, const int *wsum, const float *b,
               float *y, int out) {
     if (quantize_rows(x, n, in)) return -1;
     QArgs a = {n, in, out, w, s, b, wsum, y};
-    parallel_for((out + 7) / 8, linear_q8_chunk, &a);
+    parallel_for((out + 15) / 16, linear_q8_chunk, &a);
     return 0;
 }
 
