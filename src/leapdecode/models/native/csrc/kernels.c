@@ -516,68 +516,74 @@ typedef struct {
     int heads, kv_heads, d, max_len, max_extra, window, cap;
 } AttentionArgs;
 
-static void attention_chunk(void *ctx, int jg_lo, int jg_hi) {
+static inline float *out_row(const AttentionArgs *a, int j, int h) { return a->out + ((long)j * a->heads + h) * a->d; }
+
+/* lane i of the result = the sum of a_i's 8 lanes, always as ((0+1)+(2+3)) + ((4+5)+(6+7)): the
+ * one reduction of every attention score (a lane's sum does not depend on the other vectors) */
+static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
+                             __m256 a7) {
+    __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+static void attention_chunk(void *ctx, int jh_lo, int jh_hi) {
     const AttentionArgs *a = ctx;
     const float *q = a->q, *kc = a->kc, *vc = a->vc;
     const int *lo = a->lo, *hi = a->hi, *extra = a->extra, *count = a->count, *pos = a->pos;
-    const int heads = a->heads, kv_heads = a->kv_heads, d = a->d, max_len = a->max_len, max_extra = a->max_extra;
-    const int window = a->window, cap = a->cap, group = heads / kv_heads;
-    const float scale = a->scale;
-    float *out = a->out;
-    {
-        float *s = malloc(sizeof(float) * (size_t)cap * group);
-        int *slot = malloc(sizeof(int) * (size_t)cap);
-        for (int jg = jg_lo; jg < jg_hi; jg++) { /* one query row x one kv head (its group of q heads) */
-            int j = jg / kv_heads, g = jg % kv_heads;
-            const float *kb = kc + (long)g * max_len * d, *vb = vc + (long)g * max_len * d;
-            int first = lo[j];
-            if (window > 0 && pos[j] - window + 1 > 0) first = lo[j] + pos[j] - window + 1;
-            if (first > hi[j]) first = hi[j];
-            int m = 0;
-            for (int i = first; i < hi[j]; i++) slot[m++] = i;
-            for (int e = 0; e < count[j]; e++) slot[m++] = extra[j * max_extra + e];
-            for (int hq = 0; hq < group; hq++) {
-                const int h = g * group + hq;
-                const float *qv = q + ((long)j * heads + h) * d;
-                float *sh = s + (long)hq * cap, mx = -INFINITY;
-                int t = 0;
-                for (; t + 4 <= m; t += 4) { /* four independent dot products in flight */
-                    const float *k0 = kb + (long)slot[t] * d, *k1 = kb + (long)slot[t + 1] * d;
-                    const float *k2 = kb + (long)slot[t + 2] * d, *k3 = kb + (long)slot[t + 3] * d;
-                    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-                    for (int k = 0; k < d; k += 8) {
-                        __m256 qk = _mm256_loadu_ps(qv + k);
-                        a0 = _mm256_fmadd_ps(qk, _mm256_loadu_ps(k0 + k), a0);
-                        a1 = _mm256_fmadd_ps(qk, _mm256_loadu_ps(k1 + k), a1);
-                        a2 = _mm256_fmadd_ps(qk, _mm256_loadu_ps(k2 + k), a2);
-                        a3 = _mm256_fmadd_ps(qk, _mm256_loadu_ps(k3 + k), a3);
-                    }
-                    sh[t] = hsum8(a0) * scale; sh[t + 1] = hsum8(a1) * scale;
-                    sh[t + 2] = hsum8(a2) * scale; sh[t + 3] = hsum8(a3) * scale;
-                }
-                for (; t < m; t++) sh[t] = dot(qv, kb + (long)slot[t] * d, d) * scale;
-                for (t = 0; t < m; t++) if (sh[t] > mx) mx = sh[t];
-                exp_shift(sh, m, mx);
-                float sum = 0.f;
-                for (t = 0; t < m; t++) sum += sh[t];
-                float inv = 1.f / sum;
-                float *o = out + ((long)j * heads + h) * d;
-                for (int k0 = 0; k0 < d; k0 += 64) { /* up to 8 independent lane groups per sweep */
-                    int lanes = d - k0 < 64 ? (d - k0) / 8 : 8;
-                    __m256 acc[8];
-                    for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
-                    for (t = 0; t < m; t++) {
-                        __m256 p = _mm256_set1_ps(sh[t]);
-                        const float *vr = vb + (long)slot[t] * d + k0;
-                        for (int c = 0; c < lanes; c++) acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), acc[c]);
-                    }
-                    for (int c = 0; c < lanes; c++) _mm256_storeu_ps(o + k0 + 8 * c, _mm256_mul_ps(acc[c], _mm256_set1_ps(inv)));
-                }
+    const int heads = a->heads, d = a->d, max_len = a->max_len, max_extra = a->max_extra;
+    const int window = a->window, group = heads / a->kv_heads;
+    const __m256 scale = _mm256_set1_ps(a->scale);
+    float *s = malloc(sizeof(float) * (size_t)(a->cap + 8));
+    int *slot = malloc(sizeof(int) * (size_t)(a->cap + 8));
+    for (int jh = jh_lo; jh < jh_hi; jh++) { /* one query row x one head */
+        const int j = jh / heads, h = jh % heads, g = h / group;
+        const float *kb = kc + (long)g * max_len * d, *vb = vc + (long)g * max_len * d;
+        int first = lo[j];
+        if (window > 0 && pos[j] - window + 1 > 0) first = lo[j] + pos[j] - window + 1;
+        if (first > hi[j]) first = hi[j];
+        int m = 0;
+        for (int i = first; i < hi[j]; i++) slot[m++] = i;
+        for (int e = 0; e < count[j]; e++) slot[m++] = extra[j * max_extra + e];
+        const int m8 = (m + 7) & ~7;
+        for (int t = m; t < m8; t++) slot[t] = slot[m - 1]; /* whole blocks of 8 keys; padding dropped */
+        const float *qv = q + ((long)j * heads + h) * d;
+        /* scores: the keys in blocks of 8, each key's dot product in 8 lanes over d, then hsum8x8 */
+        for (int t = 0; t < m8; t += 8) {
+            __m256 acc[8];
+            for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+            for (int k = 0; k < d; k += 8) {
+                const __m256 qk = _mm256_loadu_ps(qv + k);
+                for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(qk, _mm256_loadu_ps(kb + (long)slot[t + u] * d + k), acc[u]);
             }
+            _mm256_storeu_ps(s + t, _mm256_mul_ps(hsum8x8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]), scale));
         }
-        free(s);
-        free(slot);
+        __m256 mx = _mm256_set1_ps(-INFINITY); /* the padding repeats the last score: max unchanged */
+        for (int t = 0; t < m8; t += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + t));
+        float lanes[8], top = -INFINITY;
+        _mm256_storeu_ps(lanes, mx);
+        for (int l = 0; l < 8; l++) top = fmaxf(top, lanes[l]);
+        exp_shift(s, m, top);
+        /* the sum: element t in lane t % 8, in order, then hsum8 (padding adds exact zeros) */
+        for (int t = m; t < m8; t++) s[t] = 0.f;
+        __m256 sum = _mm256_setzero_ps();
+        for (int t = 0; t < m8; t += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(s + t));
+        const __m256 inv = _mm256_set1_ps(1.f / hsum8(sum));
+        float *o = out_row(a, j, h);
+        for (int k0 = 0; k0 < d; k0 += 64) { /* up to 8 independent lane groups per sweep */
+            const int lanes8 = d - k0 < 64 ? (d - k0) / 8 : 8;
+            __m256 acc[8];
+            for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
+            for (int t = 0; t < m; t++) {
+                const __m256 p = _mm256_set1_ps(s[t]);
+                const float *vr = vb + (long)slot[t] * d + k0;
+                for (int c = 0; c < lanes8; c++) acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+            }
+            for (int c = 0; c < lanes8; c++) _mm256_storeu_ps(o + k0 + 8 * c, _mm256_mul_ps(acc[c], inv));
+        }
     }
+    free(s);
+    free(slot);
 }
 
 void attention(const float *q, int n, int heads, int kv_heads, int d, const float *kc, const float *vc,
@@ -587,7 +593,7 @@ void attention(const float *q, int n, int heads, int kv_heads, int d, const floa
     for (int j = 0; j < n; j++) if (hi[j] - lo[j] > widest) widest = hi[j] - lo[j];
     AttentionArgs a = {q, kc, vc, lo, hi, extra, count, pos, out, scale, heads, kv_heads, d, max_len, max_extra,
                        window, widest + max_extra + 1};
-    parallel_for(n * kv_heads, attention_chunk, &a);
+    parallel_for(n * heads, attention_chunk, &a);
 }
 
 /* y[n, d] = x * rsqrt(mean(x^2) + eps) * (w + offset); offset = 1 for Gemma's (1 + w) */
