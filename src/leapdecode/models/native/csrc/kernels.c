@@ -527,6 +527,19 @@ static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 
     return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
 }
 
+/* o[k0 .. k0 + 8C) = inv * sum over t of p[t] * V[slot[t]][k0 ..], in order of t */
+static inline __attribute__((always_inline)) void pv_sweep(int C, const float *p, int m, const int *slot,
+                                                           const float *vb, int d, int k0, __m256 inv, float *o) {
+    __m256 acc[8];
+    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (int t = 0; t < m; t++) {
+        const __m256 pt = _mm256_set1_ps(p[t]);
+        const float *vr = vb + (long)slot[t] * d + k0;
+        for (int c = 0; c < C; c++) acc[c] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+    }
+    for (int c = 0; c < C; c++) _mm256_storeu_ps(o + k0 + 8 * c, _mm256_mul_ps(acc[c], inv));
+}
+
 static void attention_chunk(void *ctx, int jh_lo, int jh_hi) {
     const AttentionArgs *a = ctx;
     const float *q = a->q, *kc = a->kc, *vc = a->vc;
@@ -570,16 +583,17 @@ static void attention_chunk(void *ctx, int jh_lo, int jh_hi) {
         for (int t = 0; t < m8; t += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(s + t));
         const __m256 inv = _mm256_set1_ps(1.f / hsum8(sum));
         float *o = out_row(a, j, h);
-        for (int k0 = 0; k0 < d; k0 += 64) { /* up to 8 independent lane groups per sweep */
-            const int lanes8 = d - k0 < 64 ? (d - k0) / 8 : 8;
-            __m256 acc[8];
-            for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
-            for (int t = 0; t < m; t++) {
-                const __m256 p = _mm256_set1_ps(s[t]);
-                const float *vr = vb + (long)slot[t] * d + k0;
-                for (int c = 0; c < lanes8; c++) acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+        for (int k0 = 0; k0 < d; k0 += 64) {
+            switch (d - k0 < 64 ? (d - k0) / 8 : 8) { /* a constant count per case: registers */
+            case 1: pv_sweep(1, s, m, slot, vb, d, k0, inv, o); break;
+            case 2: pv_sweep(2, s, m, slot, vb, d, k0, inv, o); break;
+            case 3: pv_sweep(3, s, m, slot, vb, d, k0, inv, o); break;
+            case 4: pv_sweep(4, s, m, slot, vb, d, k0, inv, o); break;
+            case 5: pv_sweep(5, s, m, slot, vb, d, k0, inv, o); break;
+            case 6: pv_sweep(6, s, m, slot, vb, d, k0, inv, o); break;
+            case 7: pv_sweep(7, s, m, slot, vb, d, k0, inv, o); break;
+            default: pv_sweep(8, s, m, slot, vb, d, k0, inv, o); break;
             }
-            for (int c = 0; c < lanes8; c++) _mm256_storeu_ps(o + k0 + 8 * c, _mm256_mul_ps(acc[c], inv));
         }
     }
     free(s);
