@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from .models.registry import DEFAULT_MODEL
 
-DTYPES = ("float32", "bfloat16", "int8", "w8a8")
+DTYPES = ("float32", "bfloat16", "int8", "w8a8", "w4a8")
 BACKEND_CHOICES = ("auto", "native", "hf", "transformers", "llamacpp")
 
 
@@ -53,7 +53,8 @@ def add_model_args(p: argparse.ArgumentParser, *, threads: int | None = None, de
     p.add_argument("--model", default=DEFAULT_MODEL, help="packaged name, transformers dir or .gguf file")
     p.add_argument("--dtype", default=dtype, choices=DTYPES,
                    help="int8: 8-bit weights (per output channel) on the native runtime; w8a8: 8-bit "
-                        "weights and activations (each row quantized on its own), integer dot products")
+                        "weights and activations (each row quantized on its own), integer dot products; "
+                        "w4a8: 4-bit weights in groups of 32 (as GGUF's Q4_1) and 8-bit activations")
     default_threads = threads if threads else "torch's choice"
     p.add_argument("--threads", type=int, default=threads, help=f"CPU threads (default: {default_threads})")
     if device:

@@ -47,8 +47,8 @@ def bad_file(tmp_path, text):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--dtype", "int8", "--backend", "hf"], "int8 and w8a8 run on leapdecode's own runtime only"),
-        (["--dtype", "w8a8", "--backend", "hf"], "int8 and w8a8 run on leapdecode's own runtime only"),
+        (["--dtype", "w4a8", "--backend", "hf"], "int8, w8a8 and w4a8 run on leapdecode's own runtime only"),
+        (["--dtype", "w8a8", "--backend", "hf"], "int8, w8a8 and w4a8 run on leapdecode's own runtime only"),
         (["--backend", "native", "--device", "cuda"], "--device cuda needs an NVIDIA GPU"),
         (["--methods", "none,warp-drive"], "unknown method 'warp-drive'"),
         (["--baseline", "warp-drive"], "unknown method 'warp-drive'"),

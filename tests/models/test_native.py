@@ -17,7 +17,7 @@ from leapdecode.models.native import ops
 from tests.conftest import tree_mask
 
 torch.set_num_threads(2)
-FORMATS = ["bfloat16", "int8", "w8a8"]
+FORMATS = ["bfloat16", "int8", "w8a8", "w4a8"]
 
 
 # ---- kernels -----------------------------------------------------------------------------
@@ -39,6 +39,12 @@ def test_linear_matches_torch(w_fp32):
     xq = torch.round(x * (127 / amax)).clamp(-127, 127)
     ref = (xq @ weight.int8_rows().float().T) * (amax / 127) * weight.scale + b
     assert torch.allclose(ops.linear(x, weight), ref, atol=1e-4, rtol=1e-5)
+    weight = ops.make_weight(w, "w4a8", b)  # 4-bit groups of 32 (s * q + m), x quantized as above
+    deq = weight.rows()
+    assert deq.shape == w.shape and (deq - w).abs().max() <= 0.6 * (w.max() - w.min()) / 15
+    assert torch.allclose(ops.linear(x, weight), (xq * (amax / 127)) @ deq.T + b, atol=1e-4, rtol=1e-5)
+    q4 = ops.make_weight(deq, "w4a8")  # a weight on the 4-bit grid (as GGUF's Q4_1 stores) comes back as itself
+    assert torch.equal(q4.rows(), deq)
 
 
 @pytest.mark.parametrize("fmt", ["float32", *FORMATS])
@@ -217,7 +223,7 @@ class AlwaysWrong(Drafter):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_drafter_identical_to_none(targets, tokenizer, dev_questions, fmt):
-    """bf16, int8 and w8a8: each drafter's passes have other widths and tree shapes than `none`'s,
+    """bf16 and the 8-bit-activation formats: each drafter's passes have other widths and tree shapes than `none`'s,
     and the ids are still equal (batch invariance), on a literal prompt (and a dev question in
     bf16); so are the tokens' log-probabilities, bit for bit."""
     from tests.conftest import pick_prompts

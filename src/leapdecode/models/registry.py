@@ -16,8 +16,8 @@ from .packaged import PACKAGED, ModelNotInstalled, check_gguf, convert_to_hf_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("float32", "bfloat16")
-QUANTIZED = ("int8", "w8a8")  # formats of the native runtime alone: 8-bit weights (w8a8: activations too)
-INT8_NEEDS_NATIVE = "--dtype int8 and w8a8 run on leapdecode's own runtime only: use --backend native (or auto)"
+QUANTIZED = ("int8", "w8a8", "w4a8")  # formats of the native runtime alone (ops.make_weight)
+INT8_NEEDS_NATIVE = "--dtype int8, w8a8 and w4a8 run on leapdecode's own runtime only: use --backend native (or auto)"
 
 
 def cache_dir() -> Path:

@@ -31,6 +31,7 @@ SIGNATURES = {
     "linear_bf16": [_P, _I, _I, _P, _P, _P, _P, _I],
     "linear_i8": [_P, _I, _I, _P, _P, _P, _P, _I],
     "linear_q8": [_P, _I, _I, _P, _P, _P, _P, _P, _I],
+    "linear_q4": [_P, _I, _I, _P, _P, _P, _I],
     "attention": [_P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P, _I, _F, _I, _P, _P],
     "rmsnorm": [_P, _I, _I, _P, _F, _F, _P],
     "gated_act": [_P, _I, _I, _I, _P],
@@ -40,7 +41,8 @@ SIGNATURES = {
     "model_forward": [_P, _P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _P],
     "stream_sum": [_P, ctypes.c_long],
 }
-RESULTS = {"model_forward": ctypes.c_int, "linear_q8": ctypes.c_int, "stream_sum": ctypes.c_double}  # the rest return nothing
+RESULTS = {"model_forward": ctypes.c_int, "linear_q8": ctypes.c_int, "linear_q4": ctypes.c_int,
+           "stream_sum": ctypes.c_double}  # the rest return nothing
 
 
 def _cpu_flags() -> str:

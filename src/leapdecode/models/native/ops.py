@@ -9,43 +9,67 @@ import torch
 
 from .build import kernels
 
-FORMATS = ("float32", "bfloat16", "int8", "w8a8")
+FORMATS = ("float32", "bfloat16", "int8", "w8a8", "w4a8")
 
 
 @dataclass
 class Weight:
-    """A [out, in] weight in one storage format; `scale` [out] fp32 for int8 (per output channel);
-    `wsum` [out] int32, the sums of each output's int8 weights, marks W8A8 (activations quantized
-    to int8 per row, integer dot products), whose `data` is packed in panels of 16 outputs:
-    [ceil(out / 16), in / 4, 16, 4], element [p, t, o, j] = W[16 p + o, 4 t + j] (see
-    csrc/kernels.c), outputs padded with zeros."""
+    """A [out, in] weight in one storage format (`fmt`, one of FORMATS).
 
-    data: torch.Tensor  # [out, in] float32 | bfloat16 | int8, or W8A8's panels
+    float32, bfloat16: `data` [out, in]. int8: `data` [out, in] int8 and `scale` [out] fp32 (per
+    output channel). w8a8: the same int8 weights packed in panels of 16 outputs, `data`
+    [ceil(out / 16), in / 4, 16, 4] with element [p, t, o, j] = W[16 p + o, 4 t + j], and `wsum` [out]
+    int32, the sums of each output's weights. w4a8: `data` [ceil(out / 16), ceil(in / 32), 320] uint8,
+    4-bit weights with a float16 scale and min per output and group of 32 (layout in
+    csrc/kernels.c). Outputs and inputs past the real ones are zeros."""
+
+    data: torch.Tensor
     scale: torch.Tensor | None
     bias: torch.Tensor | None  # [out] float32
     wsum: torch.Tensor | None = None
+    fmt: str = "float32"
+    dims: tuple[int, int] | None = None  # (out, in) where `data` is packed
 
     @property
     def shape(self) -> tuple[int, int]:
-        if self.wsum is not None:
-            return self.wsum.numel(), self.data.shape[1] * 4
-        return tuple(self.data.shape)
-
-    def int8_rows(self, ids: torch.Tensor | slice = slice(None)) -> torch.Tensor:
-        """Rows `ids` of an 8-bit weight as [len(ids), in] int8 (unpacking W8A8's panels)."""
-        if self.wsum is None:
-            return self.data[ids]
-        out, d_in = self.shape
-        return self.data.permute(0, 2, 1, 3).reshape(-1, d_in)[:out][ids]
+        return self.dims or tuple(self.data.shape)
 
     @property
     def nbytes(self) -> int:
         extra = sum(t.numel() * 4 for t in (self.scale, self.bias, self.wsum) if t is not None)
         return self.data.numel() * self.data.element_size() + extra
 
+    def int8_rows(self, ids: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """Rows `ids` of an 8-bit weight as [len(ids), in] int8 (W8A8's panels unpacked)."""
+        if self.fmt == "int8":
+            return self.data[ids]
+        assert self.fmt == "w8a8", self.fmt
+        out, d_in = self.shape
+        return self.data.permute(0, 2, 1, 3).reshape(-1, d_in)[:out][ids]
+
+    def rows(self, ids: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """Rows `ids` of the weight as the model computes with them: [len(ids), in] float32."""
+        if self.fmt in ("float32", "bfloat16"):
+            return self.data[ids].float()
+        if self.fmt in ("int8", "w8a8"):
+            return self.int8_rows(ids).float() * self.scale[ids, None]
+        out, d_in = self.shape
+        panels, groups = self.data.shape[:2]
+        packed = self.data[:, :, :256].reshape(panels, groups, 4, 16, 4)  # [p, g, v, o, j]
+        q = torch.cat([packed & 15, packed >> 4], dim=2)  # quads 0..7 of each group
+        q = q.permute(0, 3, 1, 2, 4).reshape(panels * 16, groups * 32).float()
+        half = self.data[:, :, 256:].contiguous().view(torch.float16).float()  # [p, g, 32]
+        s, m = (half[:, :, :16], half[:, :, 16:])
+        s, m = (t.permute(0, 2, 1).reshape(panels * 16, groups, 1).expand(-1, -1, 32).reshape(panels * 16, -1)
+                for t in (s, m))
+        return (s * q + m)[:out, :d_in][ids]
+
 
 def make_weight(w: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> Weight:
-    """w: [out, in] float. int8 and w8a8: symmetric, one fp32 scale per output channel (max |w| / 127)."""
+    """w: [out, in] float. int8 and w8a8: symmetric, one fp32 scale per output channel (max |w| / 127).
+    w4a8: per output and group of 32 inputs, s = (max - min) / 15 and m = min (both rounded to
+    float16), q = round((w - m) / s) clamped to 0..15 (GGUF's Q4_1 rule; a Q4_1 weight comes back
+    as itself)."""
     if fmt not in FORMATS:
         raise ValueError(f"dtype {fmt!r} is not one of {', '.join(FORMATS)}")
     if w.shape[1] % 8:
@@ -55,15 +79,34 @@ def make_weight(w: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> 
     if fmt == "float32":
         return Weight(w.contiguous(), None, b)
     if fmt == "bfloat16":
-        return Weight(w.to(torch.bfloat16).contiguous(), None, b)
+        return Weight(w.to(torch.bfloat16).contiguous(), None, b, fmt=fmt)
+    out, d_in = w.shape
+    if fmt == "w4a8":
+        return Weight(_pack_w4(w), None, b, fmt=fmt, dims=(out, d_in))
     scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)  # [out]
     q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
     if fmt == "int8":
-        return Weight(q, scale.contiguous(), b)
+        return Weight(q, scale.contiguous(), b, fmt=fmt)
     wsum = q.sum(dim=1, dtype=torch.int32).contiguous()
-    out, d_in = q.shape
     panels = torch.nn.functional.pad(q, (0, 0, 0, -out % 16)).view(-1, 16, d_in // 4, 4).permute(0, 2, 1, 3)
-    return Weight(panels.contiguous(), scale.contiguous(), b, wsum)
+    return Weight(panels.contiguous(), scale.contiguous(), b, wsum, fmt=fmt, dims=(out, d_in))
+
+
+def _pack_w4(w: torch.Tensor) -> torch.Tensor:
+    """[out, in] float -> W4A8's panels [ceil(out / 16), ceil(in / 32), 320] uint8."""
+    out, d_in = w.shape
+    w = torch.nn.functional.pad(w, (0, -d_in % 32, 0, -out % 16))
+    panels, groups = w.shape[0] // 16, w.shape[1] // 32
+    g = w.view(panels * 16, groups, 32)
+    lo, hi = g.amin(dim=2), g.amax(dim=2)
+    s, m = ((hi - lo) / 15).half(), lo.half()
+    sf, mf = s.float()[..., None], m.float()[..., None]
+    q = torch.where(sf > 0, torch.round((g - mf) / sf.clamp_min(1e-30)), torch.zeros_like(g)).clamp(0, 15)
+    q = q.to(torch.uint8).view(panels, 16, groups, 8, 4)  # [p, o, g, quad, j]
+    packed = (q[:, :, :, :4] | (q[:, :, :, 4:] << 4)).permute(0, 2, 3, 1, 4).reshape(panels, groups, 256)
+    halves = torch.stack([s, m]).view(2, panels, 16, groups).permute(1, 3, 0, 2)  # [p, g, 2, 16]
+    halves = halves.contiguous().view(torch.uint8).reshape(panels, groups, 64)
+    return torch.cat([packed, halves], dim=2).contiguous()
 
 
 _KERNEL = {torch.float32: "linear_f32", torch.bfloat16: "linear_bf16", torch.int8: "linear_i8"}
@@ -75,13 +118,17 @@ def linear(x: torch.Tensor, w: Weight, out: torch.Tensor | None = None) -> torch
     d_out = w.shape[0]
     assert d_in == w.shape[1] and x.dtype == torch.float32 and x.is_contiguous()
     y = torch.empty(n, d_out) if out is None else out
-    if w.wsum is not None:
-        if kernels().linear_q8(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), w.wsum.data_ptr(),
-                               _ptr(w.bias), y.data_ptr(), d_out):
-            raise MemoryError("the W8A8 linear ran out of memory")
+    if w.fmt == "w8a8":
+        err = kernels().linear_q8(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), w.wsum.data_ptr(),
+                                  _ptr(w.bias), y.data_ptr(), d_out)
+    elif w.fmt == "w4a8":
+        err = kernels().linear_q4(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.bias), y.data_ptr(), d_out)
+    else:
+        fn = getattr(kernels(), _KERNEL[w.data.dtype])
+        fn(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), y.data_ptr(), d_out)
         return y
-    fn = getattr(kernels(), _KERNEL[w.data.dtype])
-    fn(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), y.data_ptr(), d_out)
+    if err:
+        raise MemoryError(f"the {w.fmt.upper()} linear ran out of memory")
     return y
 
 
@@ -124,8 +171,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cac
 
 
 # ---- the structs of csrc/kernels.c's model_forward (field order and types must match) ----------
-_FMT = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
-Q8 = 3  # int8 weights with a wsum: W8A8
+_FMT = {"float32": 0, "bfloat16": 1, "int8": 2, "w8a8": 3, "w4a8": 4}
 _VP, _FP, _CI, _CF = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 
@@ -149,8 +195,7 @@ class CModel(ctypes.Structure):
 
 def c_linear(w: Weight) -> CLin:
     out, d_in = w.shape
-    fmt = Q8 if w.wsum is not None else _FMT[w.data.dtype]
-    return CLin(w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), _ptr(w.wsum), out, d_in, fmt, 0)
+    return CLin(w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), _ptr(w.wsum), out, d_in, _FMT[w.fmt], 0)
 
 
 def read_bandwidth(megabytes: int = 512, repeat: int = 5) -> float:

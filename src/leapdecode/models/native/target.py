@@ -130,10 +130,7 @@ class NativeTarget:
         return x * self.m.embed_scale if self.m.embed_scale != 1.0 else x
 
     def head_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        w, ids = self.m.head, ids.long().cpu()
-        if w.scale is None:
-            return w.data[ids].float()
-        return w.int8_rows(ids).float() * w.scale[ids, None]
+        return self.m.head.rows(ids.long().cpu())
 
     def linear(self, weight: torch.Tensor, dtype: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         w = ops.make_weight(weight.detach().float().cpu(), dtype or self.dtype)

@@ -18,7 +18,8 @@
 #include <string.h>
 #include <time.h>
 
-enum { F32 = 0, BF16 = 1, I8 = 2, Q8 = 3 }; /* Q8: int8 weights and int8 activations (W8A8) */
+enum { F32 = 0, BF16 = 1, I8 = 2, Q8 = 3, Q4 = 4 }; /* Q8: int8 weights and int8 activations (W8A8); Q4: 4-bit
+                                                  * weights in groups of 32 and int8 activations (W4A8) */
 
 /* ---- per-category wall time (ms), filled when profiling is on ------------------------------- */
 static int g_profile = 0;
@@ -320,17 +321,24 @@ static uint8_t *g_xq;
 static float *g_sx;
 static long g_xq_cap, g_sx_cap;
 
-static int quantize_rows(const float *x, int n, int in) {
-    if ((long)n * in > g_xq_cap) {
-        uint8_t *p = realloc(g_xq, (size_t)n * in);
-        if (!p) return -1;
-        g_xq = p, g_xq_cap = (long)n * in;
-    }
-    if (n > g_sx_cap) {
-        float *p = realloc(g_sx, sizeof(float) * (size_t)n);
-        if (!p) return -1;
-        g_sx = p, g_sx_cap = n;
-    }
+static int32_t *g_xs; /* W4A8: [n][stride / 32] sums of each group of 32 quantized activations */
+static long g_xs_cap;
+
+static int grow(void **p, long *cap, long need, size_t size) {
+    if (need <= *cap) return 0;
+    void *q = realloc(*p, size * (size_t)need);
+    if (!q) return -1;
+    *p = q, *cap = need;
+    return 0;
+}
+
+/* Row r of x [n, in] -> g_xq + r * stride: q (W8A8 stores q + 128 in unsigned bytes, W4A8 q itself
+ * in signed ones) then zeros up to stride; g_sx[r] its scale; with `sums`, g_xs the sums of q over
+ * each group of 32 */
+static int quantize_rows(const float *x, int n, int in, int stride, int offset, int sums) {
+    if (grow((void **)&g_xq, &g_xq_cap, (long)n * stride, 1) || grow((void **)&g_sx, &g_sx_cap, n, sizeof(float)) ||
+        (sums && grow((void **)&g_xs, &g_xs_cap, (long)n * (stride / 32), sizeof(int32_t))))
+        return -1;
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int r = 0; r < n; r++) { /* in % 8 == 0 (the native linear's rule) */
         const float *xr = x + (long)r * in;
@@ -341,14 +349,22 @@ static int quantize_rows(const float *x, int n, int in) {
         for (int l = 0; l < 8; l++) amax = fmaxf(amax, lanes[l]);
         const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
         g_sx[r] = amax > 0.0f ? amax / 127.0f : 0.0f;
-        uint8_t *q = g_xq + (long)r * in;
-        const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), off = _mm256_set1_epi32(128);
+        uint8_t *q = g_xq + (long)r * stride;
+        const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), off = _mm256_set1_epi32(offset);
         for (int k = 0; k < in; k += 8) { /* round to nearest even (the default rounding mode) */
             __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), inv));
             v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi), off);
-            __m128i p16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-            _mm_storel_epi64((__m128i *)(q + k), _mm_packus_epi16(p16, p16));
+            __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            /* q + 128 fits unsigned bytes, q signed ones */
+            _mm_storel_epi64((__m128i *)(q + k), offset ? _mm_packus_epi16(p16, p16) : _mm_packs_epi16(p16, p16));
         }
+        memset(q + in, offset, stride - in);
+        if (sums)
+            for (int g = 0; g < stride / 32; g++) {
+                int32_t s = 0;
+                for (int k = 0; k < 32; k++) s += (int8_t)q[32 * g + k];
+                g_xs[(long)r * (stride / 32) + g] = s;
+            }
     }
     return 0;
 }
@@ -471,9 +487,145 @@ static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
 /* w: packed as above ([ceil(out / 16)][in / 4][64] bytes); in % 4 == 0. Threads split the panels. */
 int linear_q8(const float *x, int n, int in, const void *w, const float *s, const int *wsum, const float *b,
               float *y, int out) {
-    if (quantize_rows(x, n, in)) return -1;
+    if (quantize_rows(x, n, in, in, 128, 0)) return -1;
     QArgs a = {n, in, out, w, s, b, wsum, y};
     parallel_for((out + 15) / 16, linear_q8_chunk, &a);
+    return 0;
+}
+
+/* ---- W4A8: 4-bit weights in groups of 32 along k, int8 activations ---------------------------
+ * A weight is w = s * q + m with q in 0..15 and one (s, m) per output and group of 32 (stored as
+ * float16; ops.make_weight derives them from the group's min and max, as GGUF's Q4_1 does). A row of
+ * x is quantized as for W8A8 but kept signed, with each group's sum of q: then
+ *   x . w = sx * sum over groups of (s * dot(q_x, q_w) + m * sum(q_x)),
+ * each group's dot product exact integer arithmetic (vpdpbusd with the weights as the unsigned
+ * operand, or 16-bit multiply-adds that cannot saturate: 2 * 15 * 127 < 2^15), the groups folded in
+ * ascending order with explicit FMAs: a row's result depends on nothing but the row.
+ * Packed in panels of 16 outputs; panel p, group g is 320 bytes at w + (p * G + g) * 320: four
+ * 64-byte vectors, vector v holding quad v (k = 4v..4v+3 of the group) in its low nibbles and quad
+ * v + 4 in its high ones, byte 4 * o + j for output o (the W8A8 quad layout), then the 16 scales,
+ * then the 16 mins. */
+#define Q4_GROUP 320
+#if QH == 1
+typedef __m512i q4w;
+typedef __m512 qf;
+#define qf_zero _mm512_setzero_ps
+static inline __attribute__((always_inline)) q4w q4_nibbles(const uint8_t *p, int high) {
+    __m512i v = _mm512_loadu_si512(p);
+    return _mm512_and_si512(high ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(15));
+}
+static inline __attribute__((always_inline)) q4w q4_bcast(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+static inline __attribute__((always_inline)) qacc q4mac(qacc a, q4w w, q4w x) { return _mm512_dpbusd_epi32(a, w, x); }
+static inline __attribute__((always_inline)) qf qf_half(const uint8_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline __attribute__((always_inline)) qf qf_group(qf f, qacc dot, qf s, qf m, float xs) {
+    return _mm512_fmadd_ps(m, _mm512_set1_ps(xs), _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, f));
+}
+#else
+typedef __m256i q4w;
+typedef __m256 qf;
+#define qf_zero _mm256_setzero_ps
+static inline __attribute__((always_inline)) q4w q4_nibbles(const uint8_t *p, int high) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    return _mm256_and_si256(high ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15));
+}
+static inline __attribute__((always_inline)) q4w q4_bcast(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+static inline __attribute__((always_inline)) qacc q4mac(qacc a, q4w w, q4w x) {
+    return _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
+}
+static inline __attribute__((always_inline)) qf qf_half(const uint8_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+static inline __attribute__((always_inline)) qf qf_group(qf f, qacc dot, qf s, qf m, float xs) {
+    return _mm256_fmadd_ps(m, _mm256_set1_ps(xs), _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, f));
+}
+#endif
+
+typedef struct { int n, in, out, groups; const uint8_t *w; const float *b; float *y; } Q4Args;
+
+/* rows r0..r0+R-1 against panel p (QV outputs per vector, QH vectors), with the first group of rows
+ * fetching panel p + QAHEAD as in qtile */
+static inline __attribute__((always_inline)) void q4tile(const Q4Args *a, int R, int r0, int p) {
+    const int G = a->groups, stride = 32 * G;
+    const uint8_t *wp = a->w + (long)p * G * Q4_GROUP;
+    const char *ahead = r0 == 0 && p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * G * Q4_GROUP) : NULL;
+    for (int h = 0; h < QH; h++) {
+        qf f[QROWS];
+        for (int i = 0; i < R; i++) f[i] = qf_zero();
+        for (int g = 0; g < G; g++) {
+            const uint8_t *blk = wp + (long)g * Q4_GROUP;
+            if (ahead && h == 0)
+                for (int l = 0; l < Q4_GROUP; l += 64) _mm_prefetch(ahead + (long)g * Q4_GROUP + l, _MM_HINT_T0);
+            q4w wq[8];
+            for (int v = 0; v < 4; v++) {
+                wq[v] = q4_nibbles(blk + 64 * v + 32 * h, 0);
+                wq[v + 4] = q4_nibbles(blk + 64 * v + 32 * h, 1);
+            }
+            const qf s = qf_half(blk + 256 + 2 * QV * h), m = qf_half(blk + 288 + 2 * QV * h);
+            for (int i = 0; i < R; i++) {
+                const uint8_t *xr = g_xq + (long)(r0 + i) * stride + 32 * g;
+                qacc dot = q4mac(q4mac(q4mac(q4mac(qzero(), wq[0], q4_bcast(xr)), wq[1], q4_bcast(xr + 4)),
+                                       wq[2], q4_bcast(xr + 8)), wq[3], q4_bcast(xr + 12));
+                dot = q4mac(q4mac(q4mac(q4mac(dot, wq[4], q4_bcast(xr + 16)), wq[5], q4_bcast(xr + 20)),
+                                  wq[6], q4_bcast(xr + 24)), wq[7], q4_bcast(xr + 28));
+                f[i] = qf_group(f[i], dot, s, m, (float)g_xs[(long)(r0 + i) * G + g]);
+            }
+        }
+        const int o = 16 * p + QV * h;
+        for (int i = 0; i < R && o < a->out; i++) { /* y = f * sx (+ b), only the real outputs */
+            float *y = a->y + (long)(r0 + i) * a->out + o;
+            const float sx = g_sx[r0 + i];
+            if (o + QV <= a->out) { /* the same operations as the tail below, QV lanes at once */
+#if QH == 1
+                __m512 v = _mm512_mul_ps(f[i], _mm512_set1_ps(sx));
+                _mm512_storeu_ps(y, a->b ? _mm512_add_ps(v, _mm512_loadu_ps(a->b + o)) : v);
+#else
+                __m256 v = _mm256_mul_ps(f[i], _mm256_set1_ps(sx));
+                _mm256_storeu_ps(y, a->b ? _mm256_add_ps(v, _mm256_loadu_ps(a->b + o)) : v);
+#endif
+                continue;
+            }
+            float v[QV];
+            memcpy(v, &f[i], sizeof v);
+            for (int u = 0; o + u < a->out; u++) y[u] = a->b ? v[u] * sx + a->b[o + u] : v[u] * sx;
+        }
+    }
+}
+
+static void linear_q4_chunk(void *ctx, int p_lo, int p_hi) {
+    const Q4Args *a = ctx;
+    for (int p = p_lo; p < p_hi; p++)
+        for (int r0 = 0; r0 < a->n; r0 += QROWS) {
+            switch (a->n - r0 < QROWS ? a->n - r0 : QROWS) { /* a constant R per case: registers */
+            case 1: q4tile(a, 1, r0, p); break;
+            case 2: q4tile(a, 2, r0, p); break;
+            case 3: q4tile(a, 3, r0, p); break;
+#if QROWS == 8
+            case 4: q4tile(a, 4, r0, p); break;
+            case 5: q4tile(a, 5, r0, p); break;
+            case 6: q4tile(a, 6, r0, p); break;
+            case 7: q4tile(a, 7, r0, p); break;
+#endif
+            default: q4tile(a, QROWS, r0, p); break;
+            }
+        }
+}
+
+/* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes) */
+int linear_q4(const float *x, int n, int in, const void *w, const float *b, float *y, int out) {
+    const int groups = (in + 31) / 32;
+    if (quantize_rows(x, n, in, 32 * groups, 0, 1)) return -1;
+    Q4Args a = {n, in, out, groups, w, b, y};
+    parallel_for((out + 15) / 16, linear_q4_chunk, &a);
     return 0;
 }
 
@@ -484,14 +636,15 @@ typedef struct {
     int out, in, fmt, pad;
 } Lin;
 
-/* 0, or -1 if memory ran out (W8A8's quantized activations) */
+/* 0, or -1 if memory ran out (the 8-bit activations of W8A8 and W4A8) */
 static int linear(const Lin *l, const float *x, int n, float *y) {
     TIC;
     int err = 0;
     if (l->fmt == F32) linear_f32(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
     else if (l->fmt == BF16) linear_bf16(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
     else if (l->fmt == I8) linear_i8(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
-    else err = linear_q8(x, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out);
+    else if (l->fmt == Q8) err = linear_q8(x, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out);
+    else err = linear_q4(x, n, l->in, l->w, l->bias, y, l->out);
     TOC(0);
     return err;
 }
