@@ -666,45 +666,98 @@ typedef struct {
     const float *q, *kc, *vc;
     const int *lo, *hi, *extra, *count, *pos;
     float *out, scale;
-    int heads, kv_heads, d, max_len, max_extra, window, cap;
+    int heads, kv_heads, d, max_len, max_extra, window, cap, hs; /* hs: heads per job */
 } AttentionArgs;
 
 static inline float *out_row(const AttentionArgs *a, int j, int h) { return a->out + ((long)j * a->heads + h) * a->d; }
 
-/* lane i of the result = the sum of a_i's 8 lanes, always as ((0+1)+(2+3)) + ((4+5)+(6+7)): the
- * one reduction of every attention score (a lane's sum does not depend on the other vectors) */
-static inline __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
-                             __m256 a7) {
-    __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
-    return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
-}
+/* Each job is one query row and HS heads (1 to 3) of one kv group: the keys' and values' loads are
+ * shared by the HS heads, and every (query, head) gets the same arithmetic whatever HS is. */
+#define HS_MAX 3
 
-/* o[k0 .. k0 + 8C) = inv * sum over t of p[t] * V[slot[t]][k0 ..], in order of t */
-static inline __attribute__((always_inline)) void pv_sweep(int C, const float *p, int m, const int *slot,
-                                                           const float *vb, int d, int k0, __m256 inv, float *o) {
-    __m256 acc[8];
-    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
-    for (int t = 0; t < m; t++) {
-        const __m256 pt = _mm256_set1_ps(p[t]);
-        const float *vr = vb + (long)slot[t] * d + k0;
-        for (int c = 0; c < C; c++) acc[c] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+/* the scores of keys slot[t..t+3] for the HS heads (queries qv[], scores s[] + t): each key's dot
+ * product in 8 lanes over d (ascending), its lanes summed as ((0+1)+(2+3)) + ((4+5)+(6+7)) (the one
+ * reduction of every score), times the scale */
+static inline __attribute__((always_inline)) void qk_block4(int HS, const float *const *qv, float *const *s,
+                                                            const float *kb, const int *slot, int t, int d,
+                                                            __m128 scale) {
+    __m256 acc[HS_MAX][4];
+    for (int i = 0; i < HS; i++)
+        for (int u = 0; u < 4; u++) acc[i][u] = _mm256_setzero_ps();
+    const float *k0 = kb + (long)slot[t] * d, *k1 = kb + (long)slot[t + 1] * d;
+    const float *k2 = kb + (long)slot[t + 2] * d, *k3 = kb + (long)slot[t + 3] * d;
+    for (int k = 0; k < d; k += 8) {
+        const __m256 v0 = _mm256_loadu_ps(k0 + k), v1 = _mm256_loadu_ps(k1 + k);
+        const __m256 v2 = _mm256_loadu_ps(k2 + k), v3 = _mm256_loadu_ps(k3 + k);
+        for (int i = 0; i < HS; i++) {
+            const __m256 qk = _mm256_loadu_ps(qv[i] + k);
+            acc[i][0] = _mm256_fmadd_ps(qk, v0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(qk, v1, acc[i][1]);
+            acc[i][2] = _mm256_fmadd_ps(qk, v2, acc[i][2]);
+            acc[i][3] = _mm256_fmadd_ps(qk, v3, acc[i][3]);
+        }
     }
-    for (int c = 0; c < C; c++) _mm256_storeu_ps(o + k0 + 8 * c, _mm256_mul_ps(acc[c], inv));
+    for (int i = 0; i < HS; i++) { /* lanes 0-3 of h: each key's (0+1)+(2+3); lanes 4-7: (4+5)+(6+7) */
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[i][0], acc[i][1]), _mm256_hadd_ps(acc[i][2], acc[i][3]));
+        __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        _mm_storeu_ps(s[i] + t, _mm_mul_ps(r, scale));
+    }
 }
 
-static void attention_chunk(void *ctx, int jh_lo, int jh_hi) {
+/* o[i][k0 .. k0 + 8C) = inv[i] * sum over t of p[i][t] * V[slot[t]][k0 ..], in order of t */
+static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, float *const *p, int m, const int *slot,
+                                                           const float *vb, int d, int k0, const __m256 *inv,
+                                                           float *const *o) {
+    __m256 acc[HS_MAX][8];
+    for (int i = 0; i < HS; i++)
+        for (int c = 0; c < C; c++) acc[i][c] = _mm256_setzero_ps();
+    for (int t = 0; t < m; t++) {
+        const float *vr = vb + (long)slot[t] * d + k0;
+        __m256 v[8];
+        for (int c = 0; c < C; c++) v[c] = _mm256_loadu_ps(vr + 8 * c);
+        for (int i = 0; i < HS; i++) {
+            const __m256 pt = _mm256_set1_ps(p[i][t]);
+            for (int c = 0; c < C; c++) acc[i][c] = _mm256_fmadd_ps(pt, v[c], acc[i][c]);
+        }
+    }
+    for (int i = 0; i < HS; i++)
+        for (int c = 0; c < C; c++) _mm256_storeu_ps(o[i] + k0 + 8 * c, _mm256_mul_ps(acc[i][c], inv[i]));
+}
+
+/* the values of HS heads: sweeps of up to 8 lane groups (one head) or 4 (several), a constant count
+ * per case so the accumulators stay in registers */
+static inline __attribute__((always_inline)) void pv_all(int HS, float *const *p, int m, const int *slot,
+                                                         const float *vb, int d, const __m256 *inv, float *const *o) {
+    const int most = HS == 1 ? 8 : 4;
+    for (int k0 = 0; k0 < d;) {
+        const int c = (d - k0) / 8 < most ? (d - k0) / 8 : most;
+        switch (c) {
+        case 1: pv_sweep(HS, 1, p, m, slot, vb, d, k0, inv, o); break;
+        case 2: pv_sweep(HS, 2, p, m, slot, vb, d, k0, inv, o); break;
+        case 3: pv_sweep(HS, 3, p, m, slot, vb, d, k0, inv, o); break;
+        case 4: pv_sweep(HS, 4, p, m, slot, vb, d, k0, inv, o); break;
+        case 5: pv_sweep(HS, 5, p, m, slot, vb, d, k0, inv, o); break;
+        case 6: pv_sweep(HS, 6, p, m, slot, vb, d, k0, inv, o); break;
+        case 7: pv_sweep(HS, 7, p, m, slot, vb, d, k0, inv, o); break;
+        default: pv_sweep(HS, 8, p, m, slot, vb, d, k0, inv, o); break;
+        }
+        k0 += 8 * c;
+    }
+}
+
+static void attention_chunk(void *ctx, int job_lo, int job_hi) {
     const AttentionArgs *a = ctx;
-    const float *q = a->q, *kc = a->kc, *vc = a->vc;
     const int *lo = a->lo, *hi = a->hi, *extra = a->extra, *count = a->count, *pos = a->pos;
     const int heads = a->heads, d = a->d, max_len = a->max_len, max_extra = a->max_extra;
-    const int window = a->window, group = heads / a->kv_heads;
-    const __m256 scale = _mm256_set1_ps(a->scale);
-    float *s = malloc(sizeof(float) * (size_t)(a->cap + 8));
-    int *slot = malloc(sizeof(int) * (size_t)(a->cap + 8));
-    for (int jh = jh_lo; jh < jh_hi; jh++) { /* one query row x one head */
-        const int j = jh / heads, h = jh % heads, g = h / group;
-        const float *kb = kc + (long)g * max_len * d, *vb = vc + (long)g * max_len * d;
+    const int window = a->window, group = heads / a->kv_heads, hs = a->hs, per_group = (group + hs - 1) / hs;
+    const __m128 scale = _mm_set1_ps(a->scale);
+    const long row = a->cap + 8;
+    float *buf = malloc(sizeof(float) * (size_t)row * HS_MAX);
+    int *slot = malloc(sizeof(int) * (size_t)row);
+    for (int job = job_lo; job < job_hi; job++) { /* query j; heads h0 .. h0 + n_h - 1 of kv group g */
+        const int j = job / (a->kv_heads * per_group), g = job / per_group % a->kv_heads;
+        const int h0 = g * group + job % per_group * hs, n_h = group - (h0 - g * group) < hs ? group - (h0 - g * group) : hs;
+        const float *kb = a->kc + (long)g * max_len * d, *vb = a->vc + (long)g * max_len * d;
         int first = lo[j];
         if (window > 0 && pos[j] - window + 1 > 0) first = lo[j] + pos[j] - window + 1;
         if (first > hi[j]) first = hi[j];
@@ -713,43 +766,38 @@ static void attention_chunk(void *ctx, int jh_lo, int jh_hi) {
         for (int e = 0; e < count[j]; e++) slot[m++] = extra[j * max_extra + e];
         const int m8 = (m + 7) & ~7;
         for (int t = m; t < m8; t++) slot[t] = slot[m - 1]; /* whole blocks of 8 keys; padding dropped */
-        const float *qv = q + ((long)j * heads + h) * d;
-        /* scores: the keys in blocks of 8, each key's dot product in 8 lanes over d, then hsum8x8 */
-        for (int t = 0; t < m8; t += 8) {
-            __m256 acc[8];
-            for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
-            for (int k = 0; k < d; k += 8) {
-                const __m256 qk = _mm256_loadu_ps(qv + k);
-                for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(qk, _mm256_loadu_ps(kb + (long)slot[t + u] * d + k), acc[u]);
-            }
-            _mm256_storeu_ps(s + t, _mm256_mul_ps(hsum8x8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]), scale));
+        const float *qv[HS_MAX];
+        float *s[HS_MAX], *o[HS_MAX];
+        __m256 inv[HS_MAX];
+        for (int i = 0; i < n_h; i++) {
+            qv[i] = a->q + ((long)j * heads + h0 + i) * d;
+            s[i] = buf + i * row;
+            o[i] = out_row(a, j, h0 + i);
         }
-        __m256 mx = _mm256_set1_ps(-INFINITY); /* the padding repeats the last score: max unchanged */
-        for (int t = 0; t < m8; t += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + t));
-        float lanes[8], top = -INFINITY;
-        _mm256_storeu_ps(lanes, mx);
-        for (int l = 0; l < 8; l++) top = fmaxf(top, lanes[l]);
-        exp_shift(s, m, top);
-        /* the sum: element t in lane t % 8, in order, then hsum8 (padding adds exact zeros) */
-        for (int t = m; t < m8; t++) s[t] = 0.f;
-        __m256 sum = _mm256_setzero_ps();
-        for (int t = 0; t < m8; t += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(s + t));
-        const __m256 inv = _mm256_set1_ps(1.f / hsum8(sum));
-        float *o = out_row(a, j, h);
-        for (int k0 = 0; k0 < d; k0 += 64) {
-            switch (d - k0 < 64 ? (d - k0) / 8 : 8) { /* a constant count per case: registers */
-            case 1: pv_sweep(1, s, m, slot, vb, d, k0, inv, o); break;
-            case 2: pv_sweep(2, s, m, slot, vb, d, k0, inv, o); break;
-            case 3: pv_sweep(3, s, m, slot, vb, d, k0, inv, o); break;
-            case 4: pv_sweep(4, s, m, slot, vb, d, k0, inv, o); break;
-            case 5: pv_sweep(5, s, m, slot, vb, d, k0, inv, o); break;
-            case 6: pv_sweep(6, s, m, slot, vb, d, k0, inv, o); break;
-            case 7: pv_sweep(7, s, m, slot, vb, d, k0, inv, o); break;
-            default: pv_sweep(8, s, m, slot, vb, d, k0, inv, o); break;
-            }
+        for (int t = 0; t < m8; t += 4) {
+            if (n_h == 1) qk_block4(1, qv, s, kb, slot, t, d, scale);
+            else if (n_h == 2) qk_block4(2, qv, s, kb, slot, t, d, scale);
+            else qk_block4(3, qv, s, kb, slot, t, d, scale);
         }
+        for (int i = 0; i < n_h; i++) { /* softmax, one head at a time */
+            float *si = s[i];
+            __m256 mx = _mm256_set1_ps(-INFINITY); /* the padding repeats the last score: max unchanged */
+            for (int t = 0; t < m8; t += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(si + t));
+            float lanes[8], top = -INFINITY;
+            _mm256_storeu_ps(lanes, mx);
+            for (int l = 0; l < 8; l++) top = fmaxf(top, lanes[l]);
+            exp_shift(si, m, top);
+            /* the sum: element t in lane t % 8, in order, then hsum8 (padding adds exact zeros) */
+            for (int t = m; t < m8; t++) si[t] = 0.f;
+            __m256 sum = _mm256_setzero_ps();
+            for (int t = 0; t < m8; t += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(si + t));
+            inv[i] = _mm256_set1_ps(1.f / hsum8(sum));
+        }
+        if (n_h == 1) pv_all(1, s, m, slot, vb, d, inv, o);
+        else if (n_h == 2) pv_all(2, s, m, slot, vb, d, inv, o);
+        else pv_all(3, s, m, slot, vb, d, inv, o);
     }
-    free(s);
+    free(buf);
     free(slot);
 }
 
@@ -758,9 +806,13 @@ void attention(const float *q, int n, int heads, int kv_heads, int d, const floa
                float scale, int window, const int *pos, float *out) {
     int widest = 0;
     for (int j = 0; j < n; j++) if (hi[j] - lo[j] > widest) widest = hi[j] - lo[j];
+    /* up to 3 heads of a group per job, fewer where that leaves some threads without two jobs */
+    const int group = heads / kv_heads;
+    int hs = group < HS_MAX ? group : HS_MAX;
+    while (hs > 1 && n * kv_heads * ((group + hs - 1) / hs) < 2 * g_threads) hs--;
     AttentionArgs a = {q, kc, vc, lo, hi, extra, count, pos, out, scale, heads, kv_heads, d, max_len, max_extra,
-                       window, widest + max_extra + 1};
-    parallel_for(n * heads, attention_chunk, &a);
+                       window, widest + max_extra + 1, hs};
+    parallel_for(n * kv_heads * ((group + hs - 1) / hs), attention_chunk, &a);
 }
 
 /* y[n, d] = x * rsqrt(mean(x^2) + eps) * (w + offset); offset = 1 for Gemma's (1 + w) */
