@@ -102,10 +102,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     llamacpp = args.backend == "llamacpp"
     check_model(args.model, "--model", need_gguf=llamacpp or any(family(m) in GGUF_FAMILIES for m in methods))
     args.backend = resolve_backend(args, notice=lambda line: print(f"leapdecode bench: {line}", file=sys.stderr))
-    from ..models.registry import INT8_NEEDS_NATIVE, QUANTIZED
+    from ..models.registry import QUANTIZED, QUANTIZED_NEEDS_NATIVE
 
     if args.dtype in QUANTIZED and args.backend != "native":
-        raise ValueError(INT8_NEEDS_NATIVE)
+        raise ValueError(QUANTIZED_NEEDS_NATIVE)
     if llamacpp:
         hf = [m for m in methods if family(m) == "hf"]
         if hf:

@@ -17,7 +17,7 @@ from .packaged import PACKAGED, ModelNotInstalled, check_gguf, convert_to_hf_dir
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("float32", "bfloat16")
 QUANTIZED = ("int8", "w8a8", "w4a8")  # formats of the native runtime alone (ops.make_weight)
-INT8_NEEDS_NATIVE = "--dtype int8, w8a8 and w4a8 run on leapdecode's own runtime only: use --backend native (or auto)"
+QUANTIZED_NEEDS_NATIVE = "--dtype int8, w8a8 and w4a8 run on leapdecode's own runtime only: use --backend native (or auto)"
 
 
 def cache_dir() -> Path:
@@ -63,7 +63,7 @@ def load_tokenizer(name: str) -> Any:
 def load_model(name: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) for a model name, offline."""
     if dtype in QUANTIZED:
-        raise ValueError(INT8_NEEDS_NATIVE)
+        raise ValueError(QUANTIZED_NEEDS_NATIVE)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     directory = resolve(name)

@@ -58,11 +58,12 @@ class Weight:
         packed = self.data[:, :, :256].reshape(panels, groups, 4, 16, 4)  # [p, g, v, o, j]
         q = torch.cat([packed & 15, packed >> 4], dim=2)  # quads 0..7 of each group
         q = q.permute(0, 3, 1, 2, 4).reshape(panels * 16, groups * 32).float()
-        half = self.data[:, :, 256:].contiguous().view(torch.float16).float()  # [p, g, 32]
-        s, m = (half[:, :, :16], half[:, :, 16:])
-        s, m = (t.permute(0, 2, 1).reshape(panels * 16, groups, 1).expand(-1, -1, 32).reshape(panels * 16, -1)
-                for t in (s, m))
-        return (s * q + m)[:out, :d_in][ids]
+        half = self.data[:, :, 256:].contiguous().view(torch.float16).float()  # [p, g, 16 scales | 16 mins]
+
+        def per_weight(t: torch.Tensor) -> torch.Tensor:  # [p, g, 16] -> [p * 16, g * 32]
+            return t.permute(0, 2, 1).reshape(panels * 16, groups, 1).expand(-1, -1, 32).reshape(panels * 16, -1)
+
+        return (per_weight(half[:, :, :16]) * q + per_weight(half[:, :, 16:]))[:out, :d_in][ids]
 
 
 def make_weight(w: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> Weight:
