@@ -465,23 +465,25 @@ static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, i
             if (16 * p + h * QV < a->out) qfinish(a, acc[i][h], r0 + i, 16 * p + h * QV);
 }
 
+/* the rows in groups of QROWS against panel p: a constant group size per case, so a tile's
+ * accumulators stay in registers (cases past QROWS are never reached) */
+#define QR(k) ((k) < QROWS ? (k) : QROWS)
+#define ROW_GROUPS(TILE, a, p)                                                                            \
+    for (int r0 = 0; r0 < (a)->n; r0 += QROWS)                                                            \
+        switch ((a)->n - r0 < QROWS ? (a)->n - r0 : QROWS) {                                              \
+        case 1: TILE(a, QR(1), r0, p); break;                                                             \
+        case 2: TILE(a, QR(2), r0, p); break;                                                             \
+        case 3: TILE(a, QR(3), r0, p); break;                                                             \
+        case 4: TILE(a, QR(4), r0, p); break;                                                             \
+        case 5: TILE(a, QR(5), r0, p); break;                                                             \
+        case 6: TILE(a, QR(6), r0, p); break;                                                             \
+        case 7: TILE(a, QR(7), r0, p); break;                                                             \
+        default: TILE(a, QROWS, r0, p); break;                                                            \
+        }
+
 static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
     const QArgs *a = ctx;
-    for (int p = p_lo; p < p_hi; p++)
-        for (int r0 = 0; r0 < a->n; r0 += QROWS) {
-            switch (a->n - r0 < QROWS ? a->n - r0 : QROWS) { /* a constant R per case: registers */
-            case 1: qtile(a, 1, r0, p); break;
-            case 2: qtile(a, 2, r0, p); break;
-            case 3: qtile(a, 3, r0, p); break;
-#if QROWS == 8
-            case 4: qtile(a, 4, r0, p); break;
-            case 5: qtile(a, 5, r0, p); break;
-            case 6: qtile(a, 6, r0, p); break;
-            case 7: qtile(a, 7, r0, p); break;
-#endif
-            default: qtile(a, QROWS, r0, p); break;
-            }
-        }
+    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(qtile, a, p)
 }
 
 /* w: packed as above ([ceil(out / 16)][in / 4][64] bytes); in % 4 == 0. Threads split the panels. */
@@ -603,21 +605,7 @@ static inline __attribute__((always_inline)) void q4tile(const Q4Args *a, int R,
 
 static void linear_q4_chunk(void *ctx, int p_lo, int p_hi) {
     const Q4Args *a = ctx;
-    for (int p = p_lo; p < p_hi; p++)
-        for (int r0 = 0; r0 < a->n; r0 += QROWS) {
-            switch (a->n - r0 < QROWS ? a->n - r0 : QROWS) { /* a constant R per case: registers */
-            case 1: q4tile(a, 1, r0, p); break;
-            case 2: q4tile(a, 2, r0, p); break;
-            case 3: q4tile(a, 3, r0, p); break;
-#if QROWS == 8
-            case 4: q4tile(a, 4, r0, p); break;
-            case 5: q4tile(a, 5, r0, p); break;
-            case 6: q4tile(a, 6, r0, p); break;
-            case 7: q4tile(a, 7, r0, p); break;
-#endif
-            default: q4tile(a, QROWS, r0, p); break;
-            }
-        }
+    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(q4tile, a, p)
 }
 
 /* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes) */
