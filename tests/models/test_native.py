@@ -30,10 +30,18 @@ def w_fp32():
 def test_linear_matches_torch(w_fp32):
     w, b = w_fp32
     x = torch.randn(7, 96)
-    for fmt, tol in (("float32", 1e-4), ("bfloat16", 1e-4), ("int8", 1e-4)):
+    for fmt in ("float32", "int8"):
         weight = ops.make_weight(w, fmt, b)
         ref_w = weight.data.float() * (1 if weight.scale is None else weight.scale[:, None])
-        assert torch.allclose(ops.linear(x, weight), x @ ref_w.T + b, atol=tol, rtol=tol), fmt
+        assert torch.allclose(ops.linear(x, weight), x @ ref_w.T + b, atol=1e-4, rtol=1e-4), fmt
+    weight = ops.make_weight(w, "bfloat16", b)  # x rounded to bfloat16 too; float32 sums, pair by pair
+    xb, wb = x.to(torch.bfloat16).float(), weight.rows()
+    assert torch.equal(wb, w.to(torch.bfloat16).float())
+    acc = torch.zeros(x.shape[0], w.shape[0])
+    for k in range(0, w.shape[1], 2):  # each product is exact in float32: adding it is the FMA's one rounding
+        acc = acc + xb[:, k + 1, None] * wb[None, :, k + 1]
+        acc = acc + xb[:, k, None] * wb[None, :, k]
+    assert torch.equal(ops.linear(x, weight), acc + b)
     weight = ops.make_weight(w, "w8a8", b)  # each row of x quantized too: int8, scale max|x| / 127
     amax = x.abs().amax(dim=1, keepdim=True)
     xq = torch.round(x * (127 / amax)).clamp(-127, 127)

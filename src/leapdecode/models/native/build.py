@@ -28,7 +28,7 @@ CACHE = Path.home() / ".cache" / "leapdecode" / "kernels"
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
     "linear_f32": [_P, _I, _I, _P, _P, _P, _P, _I],
-    "linear_bf16": [_P, _I, _I, _P, _P, _P, _P, _I],
+    "linear_bf16": [_P, _I, _I, _P, _P, _P, _I],
     "linear_i8": [_P, _I, _I, _P, _P, _P, _P, _I],
     "linear_q8": [_P, _I, _I, _P, _P, _P, _P, _P, _I],
     "linear_q4": [_P, _I, _I, _P, _P, _P, _I],
@@ -41,7 +41,7 @@ SIGNATURES = {
     "model_forward": [_P, _P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _P],
     "stream_sum": [_P, ctypes.c_long],
 }
-RESULTS = {"model_forward": ctypes.c_int, "linear_q8": ctypes.c_int, "linear_q4": ctypes.c_int,
+RESULTS = {"model_forward": ctypes.c_int, "linear_bf16": ctypes.c_int, "linear_q8": ctypes.c_int, "linear_q4": ctypes.c_int,
            "stream_sum": ctypes.c_double}  # the rest return nothing
 
 

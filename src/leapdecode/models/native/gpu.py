@@ -250,8 +250,8 @@ class _Pass:
 
 def _to_device(m: Model, device: torch.device, act: torch.dtype) -> Model:
     """The model's tensors on `device`: weights and biases in `act`, norms and embeddings float32."""
-    def weight(w):
-        w.data = w.data.to(device)
+    def weight(w):  # plain [out, in] tensors in `act` (the CPU kernels' bfloat16 panels unpacked)
+        w.data, w.dims = w.rows().to(device, act), None
         w.bias = None if w.bias is None else w.bias.to(device, act)
         return w
 

@@ -16,7 +16,8 @@ FORMATS = ("float32", "bfloat16", "int8", "w8a8", "w4a8")
 class Weight:
     """A [out, in] weight in one storage format (`fmt`, one of FORMATS).
 
-    float32, bfloat16: `data` [out, in]. int8: `data` [out, in] int8 and `scale` [out] fp32 (per
+    float32: `data` [out, in]. bfloat16: packed in panels of 16 outputs, `data` [ceil(out / 16), in / 2,
+    16, 2] with element [p, t, o, j] = W[16 p + o, 2 t + j] (subnormals flushed to zero). int8: `data` [out, in] int8 and `scale` [out] fp32 (per
     output channel). w8a8: the same int8 weights packed in panels of 16 outputs, `data`
     [ceil(out / 16), in / 4, 16, 4] with element [p, t, o, j] = W[16 p + o, 4 t + j], and `wsum` [out]
     int32, the sums of each output's weights. w4a8: `data` [ceil(out / 16), ceil(in / 32), 320] uint8,
@@ -49,8 +50,11 @@ class Weight:
 
     def rows(self, ids: torch.Tensor | slice = slice(None)) -> torch.Tensor:
         """Rows `ids` of the weight as the model computes with them: [len(ids), in] float32."""
-        if self.fmt in ("float32", "bfloat16"):
-            return self.data[ids].float()
+        if self.fmt == "float32":
+            return self.data[ids]
+        if self.fmt == "bfloat16":
+            out, d_in = self.shape
+            return self.data.permute(0, 2, 1, 3).reshape(-1, d_in)[:out][ids].float()
         if self.fmt in ("int8", "w8a8"):
             return self.int8_rows(ids).float() * self.scale[ids, None]
         out, d_in = self.shape
@@ -79,9 +83,12 @@ def make_weight(w: torch.Tensor, fmt: str, bias: torch.Tensor | None = None) -> 
     b = None if bias is None else bias.float().contiguous()
     if fmt == "float32":
         return Weight(w.contiguous(), None, b)
-    if fmt == "bfloat16":
-        return Weight(w.to(torch.bfloat16).contiguous(), None, b, fmt=fmt)
     out, d_in = w.shape
+    if fmt == "bfloat16":
+        h = w.to(torch.bfloat16)
+        h = torch.where((h.view(torch.int16) & 0x7F80) == 0, torch.zeros_like(h).copysign(h), h)  # no subnormals
+        panels = torch.nn.functional.pad(h, (0, 0, 0, -out % 16)).view(-1, 16, d_in // 2, 2).permute(0, 2, 1, 3)
+        return Weight(panels.contiguous(), None, b, fmt=fmt, dims=(out, d_in))
     if fmt == "w4a8":
         return Weight(_pack_w4(w), None, b, fmt=fmt, dims=(out, d_in))
     scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)  # [out]
@@ -110,7 +117,7 @@ def _pack_w4(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([packed, halves], dim=2).contiguous()
 
 
-_KERNEL = {torch.float32: "linear_f32", torch.bfloat16: "linear_bf16", torch.int8: "linear_i8"}
+_KERNEL = {torch.float32: "linear_f32", torch.int8: "linear_i8"}
 
 
 def linear(x: torch.Tensor, w: Weight, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,6 +129,8 @@ def linear(x: torch.Tensor, w: Weight, out: torch.Tensor | None = None) -> torch
     if w.fmt == "w8a8":
         err = kernels().linear_q8(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), w.wsum.data_ptr(),
                                   _ptr(w.bias), y.data_ptr(), d_out)
+    elif w.fmt == "bfloat16":
+        err = kernels().linear_bf16(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.bias), y.data_ptr(), d_out)
     elif w.fmt == "w4a8":
         err = kernels().linear_q4(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.bias), y.data_ptr(), d_out)
     else:

@@ -2,9 +2,10 @@
  * and one whole decoder pass (model_forward) so that Python pays one call per pass, not per op.
  *
  * The one rule: a row's result never depends on how many rows run with it, nor on its position.
- * Every (row, output) dot product runs over k in LANES-wide FMA chunks (16 with AVX-512, else 8) in
- * ascending k, then one fixed horizontal sum, then the scale, then the bias; tiling over rows/outputs
- * and the threads' split only regroup whole accumulators. Built by leapdecode/models/native/build.py
+ * Every (row, output) dot product takes the same steps in the same order in every tile (float32 and
+ * int8: LANES-wide FMA chunks in ascending k, one fixed horizontal sum, the scale, the bias; the
+ * packed formats: one lane per output, see each section); tiling over rows/outputs and the threads'
+ * split only regroup whole accumulators. Built by leapdecode/models/native/build.py
  * with gcc -O3 -march=native -pthread -ffp-contract=off (no -ffast-math, no implicit FMA
  * contraction: every fused multiply-add is an explicit intrinsic, so two code paths computing the
  * same value round the same way).
@@ -156,10 +157,6 @@ static void exp_shift(float *v, int m, float shift) {
 /* 8 weights -> fp32 lanes (all exact conversions) */
 static inline __attribute__((always_inline)) __m256 loadw(int fmt, const char *w, long i) {
     if (fmt == F32) return _mm256_loadu_ps((const float *)w + i);
-    if (fmt == BF16) {
-        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
     __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)w + i));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); /* |q| <= 127 */
 }
@@ -174,10 +171,6 @@ typedef __m512 vec;
 #define vfma _mm512_fmadd_ps
 static inline __attribute__((always_inline)) vec loadv(int fmt, const char *w, long i) {
     if (fmt == F32) return _mm512_loadu_ps((const float *)w + i);
-    if (fmt == BF16) {
-        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
     __m128i b = _mm_loadu_si128((const __m128i *)((const int8_t *)w + i));
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
 }
@@ -250,7 +243,7 @@ static inline __attribute__((always_inline)) void tile(int fmt, int R, const flo
 static inline __attribute__((always_inline)) void linear_body(int fmt, const float *x, int n, int in, const void *w,
                                                               const float *scale, const float *bias, float *y, int out,
                                                               int ob_lo, int ob_hi) {
-    const int wbytes = fmt == F32 ? 4 : fmt == BF16 ? 2 : 1;
+    const int wbytes = fmt == F32 ? 4 : 1;
     const char *wb = (const char *)w;
     const int blocks = (out + 7) / 8, inv = in - in % LANES;
     const int groups = (n + MAX_ROWS - 1) / MAX_ROWS;
@@ -308,7 +301,6 @@ typedef struct { const float *x; int n, in; const void *w; const float *s, *b; f
         parallel_for((out + 7) / 8, NAME##_chunk, &a);                                                       \
     }
 LINEAR(linear_f32, F32)
-LINEAR(linear_bf16, BF16)
 LINEAR(linear_i8, I8)
 
 /* ---- W8A8: int8 weights times int8 activations, integer dot products ----------------------------
@@ -465,25 +457,33 @@ static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, i
             if (16 * p + h * QV < a->out) qfinish(a, acc[i][h], r0 + i, 16 * p + h * QV);
 }
 
-/* the rows in groups of QROWS against panel p: a constant group size per case, so a tile's
- * accumulators stay in registers (cases past QROWS are never reached) */
-#define QR(k) ((k) < QROWS ? (k) : QROWS)
-#define ROW_GROUPS(TILE, a, p)                                                                            \
-    for (int r0 = 0; r0 < (a)->n; r0 += QROWS)                                                            \
-        switch ((a)->n - r0 < QROWS ? (a)->n - r0 : QROWS) {                                              \
-        case 1: TILE(a, QR(1), r0, p); break;                                                             \
-        case 2: TILE(a, QR(2), r0, p); break;                                                             \
-        case 3: TILE(a, QR(3), r0, p); break;                                                             \
-        case 4: TILE(a, QR(4), r0, p); break;                                                             \
-        case 5: TILE(a, QR(5), r0, p); break;                                                             \
-        case 6: TILE(a, QR(6), r0, p); break;                                                             \
-        case 7: TILE(a, QR(7), r0, p); break;                                                             \
-        default: TILE(a, QROWS, r0, p); break;                                                            \
+/* the rows in groups of ROWS against panel p: a constant group size per case, so a tile's
+ * accumulators stay in registers (cases past ROWS are never reached) */
+#define RG(k, ROWS) ((k) < (ROWS) ? (k) : (ROWS))
+#define ROW_GROUPS(TILE, a, p, ROWS)                                                                      \
+    for (int r0 = 0; r0 < (a)->n; r0 += (ROWS))                                                           \
+        switch ((a)->n - r0 < (ROWS) ? (a)->n - r0 : (ROWS)) {                                            \
+        case 1: TILE(a, RG(1, ROWS), r0, p); break;                                                       \
+        case 2: TILE(a, RG(2, ROWS), r0, p); break;                                                       \
+        case 3: TILE(a, RG(3, ROWS), r0, p); break;                                                       \
+        case 4: TILE(a, RG(4, ROWS), r0, p); break;                                                       \
+        case 5: TILE(a, RG(5, ROWS), r0, p); break;                                                       \
+        case 6: TILE(a, RG(6, ROWS), r0, p); break;                                                       \
+        case 7: TILE(a, RG(7, ROWS), r0, p); break;                                                       \
+        case 8: TILE(a, RG(8, ROWS), r0, p); break;                                                       \
+        case 9: TILE(a, RG(9, ROWS), r0, p); break;                                                       \
+        case 10: TILE(a, RG(10, ROWS), r0, p); break;                                                     \
+        case 11: TILE(a, RG(11, ROWS), r0, p); break;                                                     \
+        case 12: TILE(a, RG(12, ROWS), r0, p); break;                                                     \
+        case 13: TILE(a, RG(13, ROWS), r0, p); break;                                                     \
+        case 14: TILE(a, RG(14, ROWS), r0, p); break;                                                     \
+        case 15: TILE(a, RG(15, ROWS), r0, p); break;                                                     \
+        default: TILE(a, (ROWS), r0, p); break;                                                           \
         }
 
 static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
     const QArgs *a = ctx;
-    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(qtile, a, p)
+    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(qtile, a, p, QROWS)
 }
 
 /* w: packed as above ([ceil(out / 16)][in / 4][64] bytes); in % 4 == 0. Threads split the panels. */
@@ -605,7 +605,7 @@ static inline __attribute__((always_inline)) void q4tile(const Q4Args *a, int R,
 
 static void linear_q4_chunk(void *ctx, int p_lo, int p_hi) {
     const Q4Args *a = ctx;
-    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(q4tile, a, p)
+    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(q4tile, a, p, QROWS)
 }
 
 /* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes) */
@@ -614,6 +614,138 @@ int linear_q4(const float *x, int n, int in, const void *w, const float *b, floa
     if (quantize_rows(x, n, in, 32 * groups, 0, 1)) return -1;
     Q4Args a = {n, in, out, groups, w, b, y};
     parallel_for((out + 15) / 16, linear_q4_chunk, &a);
+    return 0;
+}
+
+/* ---- BF16: bfloat16 weights times bfloat16 activations, float32 sums ---------------------------
+ * Each row of x is rounded to bfloat16 (nearest even, subnormals to signed zero, as the weights are
+ * at load). The weights are packed at load (ops.make_weight) in panels of 16 outputs: panel p, pair
+ * t is 64 bytes at w + (p * in / 2 + t) * 64, element 2 * o + j holding W[16 p + o][2 t + j]. A
+ * step adds a pair's two products to each of the 16 outputs' float32 sums: the odd product, then
+ * the even one, each product exact in float32 and each add rounded. AVX512-BF16's vdpbf16ps does
+ * exactly that in one instruction (bitwise the same as the two FMAs below on the AMD EPYC measured,
+ * except that it flushes a subnormal sum or product to zero where the FMAs keep it); other CPUs do it
+ * with two FMAs. So a row's sums take the same steps in the same order whatever the pass width, and
+ * every lane ends holding one output's whole dot product. A tile is up to BROWS rows against one
+ * panel, the first group of rows fetching the panel BAHEAD ahead as in qtile. The rounded rows are
+ * stored pair-major, so a tile's broadcasts of one pair read adjacent words off one address. */
+static uint32_t *g_xb; /* [in / 2][n]: pair t of row r (two bfloat16) at t * n + r */
+static long g_xb_cap;
+
+static int round_bf16_rows(const float *x, int n, int in) {
+    if (grow((void **)&g_xb, &g_xb_cap, (long)n * in / 2, sizeof(uint32_t))) return -1;
+    const __m256i expo = _mm256_set1_epi32(0x7f800000), sign = _mm256_set1_epi32((int)0x80000000u);
+    const __m256i half = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+    for (int r = 0; r < n; r++)
+        for (int k = 0; k < in; k += 8) { /* in % 8 == 0 */
+            __m256i u = _mm256_loadu_si256((const __m256i *)(x + (long)r * in + k));
+            const __m256i sub = _mm256_cmpeq_epi32(_mm256_and_si256(u, expo), _mm256_setzero_si256());
+            u = _mm256_blendv_epi8(u, _mm256_and_si256(u, sign), sub);
+            u = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+            u = _mm256_srli_epi32(u, 16);
+            uint32_t pairs[4];
+            _mm_storeu_si128((__m128i *)pairs, _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1)));
+            for (int j = 0; j < 4; j++) g_xb[(long)(k / 2 + j) * n + r] = pairs[j];
+        }
+    return 0;
+}
+
+#if defined(__AVX512F__)
+#define BH 1
+#ifndef BROWS
+#define BROWS 16
+#endif
+typedef __m512 bacc;
+#define bzero _mm512_setzero_ps
+#if defined(__AVX512BF16__)
+typedef __m512bh bw, bx;
+static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) { return (bw)_mm512_loadu_si512(p); }
+static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return (bx)_mm512_set1_epi32(v);
+}
+static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) { return _mm512_dpbf16_ps(a, x, w); }
+#else
+typedef struct { __m512 e, o; } bw, bx;
+static inline __attribute__((always_inline)) bw bsplit(__m512i v) {
+    return (bw){_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)),
+                _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)))};
+}
+static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) { return bsplit(_mm512_loadu_si512(p)); }
+static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return bsplit(_mm512_set1_epi32(v));
+}
+static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) {
+    return _mm512_fmadd_ps(x.e, w.e, _mm512_fmadd_ps(x.o, w.o, a));
+}
+#endif
+#else
+#define BH 2
+#define BROWS 4 /* 4 rows x 2 vectors: 8 accumulators, 4 weight and 2 activation registers of 16 */
+typedef __m256 bacc;
+#define bzero _mm256_setzero_ps
+typedef struct { __m256 e, o; } bw, bx;
+static inline __attribute__((always_inline)) bw bsplit(__m256i v) {
+    return (bw){_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
+                _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)))};
+}
+static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) {
+    return bsplit(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return bsplit(_mm256_set1_epi32(v));
+}
+static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) {
+    return _mm256_fmadd_ps(x.e, w.e, _mm256_fmadd_ps(x.o, w.o, a));
+}
+#endif
+#define BV (16 / BH) /* outputs per vector */
+#define BAHEAD 2
+
+typedef struct { int n, in, out; const uint16_t *w; const float *b; float *y; } BArgs;
+
+static inline __attribute__((always_inline)) void btile(const BArgs *a, int R, int r0, int p) {
+    const int pairs = a->in / 2;
+    const uint16_t *wp = a->w + (long)p * pairs * 32;
+    const char *ahead = r0 == 0 && p + BAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)BAHEAD * pairs * 32) : NULL;
+    const uint32_t *xr = g_xb + r0;
+    bacc acc[BROWS][BH];
+    for (int i = 0; i < R; i++)
+        for (int h = 0; h < BH; h++) acc[i][h] = bzero();
+    for (int t = 0; t < pairs; t++) {
+        if (ahead) _mm_prefetch(ahead + (long)t * 64, _MM_HINT_T0);
+        bw wv[BH];
+        for (int h = 0; h < BH; h++) wv[h] = bw_load(wp + t * 32 + h * 16);
+        for (int i = 0; i < R; i++) {
+            bx xv = bx_bcast(xr + (long)t * a->n + i);
+            for (int h = 0; h < BH; h++) acc[i][h] = bmac(acc[i][h], xv, wv[h]);
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int h = 0; h < BH; h++) {
+            const int o = 16 * p + h * BV;
+            if (o >= a->out) continue;
+            float v[BV], *y = a->y + (long)(r0 + i) * a->out + o;
+            memcpy(v, &acc[i][h], sizeof v);
+            for (int u = 0; u < BV && o + u < a->out; u++) y[u] = a->b ? v[u] + a->b[o + u] : v[u];
+        }
+}
+
+static void linear_bf16_chunk(void *ctx, int p_lo, int p_hi) {
+    const BArgs *a = ctx;
+    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(btile, a, p, BROWS)
+}
+
+/* w: packed as above ([ceil(out / 16)][in / 2][32] bfloat16); in % 8 == 0 */
+int linear_bf16(const float *x, int n, int in, const void *w, const float *b, float *y, int out) {
+    if (round_bf16_rows(x, n, in)) return -1;
+    BArgs a = {n, in, out, w, b, y};
+    parallel_for((out + 15) / 16, linear_bf16_chunk, &a);
     return 0;
 }
 
@@ -629,7 +761,7 @@ static int linear(const Lin *l, const float *x, int n, float *y) {
     TIC;
     int err = 0;
     if (l->fmt == F32) linear_f32(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
-    else if (l->fmt == BF16) linear_bf16(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
+    else if (l->fmt == BF16) err = linear_bf16(x, n, l->in, l->w, l->bias, y, l->out);
     else if (l->fmt == I8) linear_i8(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
     else if (l->fmt == Q8) err = linear_q8(x, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out);
     else err = linear_q4(x, n, l->in, l->w, l->bias, y, l->out);
