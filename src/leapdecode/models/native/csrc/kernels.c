@@ -802,10 +802,28 @@ static inline __attribute__((always_inline)) void qk_block4(int HS, const float 
                                                             const float *kb, const int *slot, int t, int d,
                                                             __m128 scale) {
     __m256 acc[HS_MAX][4];
-    for (int i = 0; i < HS; i++)
-        for (int u = 0; u < 4; u++) acc[i][u] = _mm256_setzero_ps();
     const float *k0 = kb + (long)slot[t] * d, *k1 = kb + (long)slot[t + 1] * d;
     const float *k2 = kb + (long)slot[t + 2] * d, *k3 = kb + (long)slot[t + 3] * d;
+#if defined(__AVX512F__) /* the same lanes' FMAs, two keys per 16-lane vector (half the instructions) */
+    __m512 wide[HS_MAX][2];
+    for (int i = 0; i < HS; i++) wide[i][0] = wide[i][1] = _mm512_setzero_ps();
+    for (int k = 0; k < d; k += 8) {
+        const __m512 v01 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(k0 + k)), _mm256_loadu_ps(k1 + k), 1);
+        const __m512 v23 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(k2 + k)), _mm256_loadu_ps(k3 + k), 1);
+        for (int i = 0; i < HS; i++) {
+            const __m512 qk = _mm512_broadcast_f32x8(_mm256_loadu_ps(qv[i] + k));
+            wide[i][0] = _mm512_fmadd_ps(qk, v01, wide[i][0]);
+            wide[i][1] = _mm512_fmadd_ps(qk, v23, wide[i][1]);
+        }
+    }
+    for (int i = 0; i < HS; i++)
+        for (int u = 0; u < 2; u++) {
+            acc[i][2 * u] = _mm512_castps512_ps256(wide[i][u]);
+            acc[i][2 * u + 1] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(wide[i][u]), 1));
+        }
+#else
+    for (int i = 0; i < HS; i++)
+        for (int u = 0; u < 4; u++) acc[i][u] = _mm256_setzero_ps();
     for (int k = 0; k < d; k += 8) {
         const __m256 v0 = _mm256_loadu_ps(k0 + k), v1 = _mm256_loadu_ps(k1 + k);
         const __m256 v2 = _mm256_loadu_ps(k2 + k), v3 = _mm256_loadu_ps(k3 + k);
@@ -817,6 +835,7 @@ static inline __attribute__((always_inline)) void qk_block4(int HS, const float 
             acc[i][3] = _mm256_fmadd_ps(qk, v3, acc[i][3]);
         }
     }
+#endif
     for (int i = 0; i < HS; i++) { /* lanes 0-3 of h: each key's (0+1)+(2+3); lanes 4-7: (4+5)+(6+7) */
         __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[i][0], acc[i][1]), _mm256_hadd_ps(acc[i][2], acc[i][3]));
         __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
@@ -844,12 +863,54 @@ static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, float 
         for (int c = 0; c < C; c++) _mm256_storeu_ps(o[i] + k0 + 8 * c, _mm256_mul_ps(acc[i][c], inv[i]));
 }
 
+#if defined(__AVX512F__)
+/* pv_sweep in 16-lane vectors: each output lane takes the same FMAs in the same order */
+static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, float *const *p, int m, const int *slot,
+                                                             const float *vb, int d, int k0, const __m256 *inv,
+                                                             float *const *o) {
+    __m512 acc[HS_MAX][8];
+    for (int i = 0; i < HS; i++)
+        for (int c = 0; c < C; c++) acc[i][c] = _mm512_setzero_ps();
+    for (int t = 0; t < m; t++) {
+        const float *vr = vb + (long)slot[t] * d + k0;
+        __m512 v[8];
+        for (int c = 0; c < C; c++) v[c] = _mm512_loadu_ps(vr + 16 * c);
+        for (int i = 0; i < HS; i++) {
+            const __m512 pt = _mm512_set1_ps(p[i][t]);
+            for (int c = 0; c < C; c++) acc[i][c] = _mm512_fmadd_ps(pt, v[c], acc[i][c]);
+        }
+    }
+    for (int i = 0; i < HS; i++) {
+        const __m512 s = _mm512_broadcastss_ps(_mm256_castps256_ps128(inv[i]));
+        for (int c = 0; c < C; c++) _mm512_storeu_ps(o[i] + k0 + 16 * c, _mm512_mul_ps(acc[i][c], s));
+    }
+}
+#endif
+
 /* the values of HS heads: sweeps of up to 8 lane groups (one head) or 4 (several), a constant count
- * per case so the accumulators stay in registers */
+ * per case so the accumulators stay in registers (lane groups of 16 where the CPU has AVX-512; a
+ * last group of 8 then goes as below) */
 static inline __attribute__((always_inline)) void pv_all(int HS, float *const *p, int m, const int *slot,
                                                          const float *vb, int d, const __m256 *inv, float *const *o) {
     const int most = HS == 1 ? 8 : 4;
-    for (int k0 = 0; k0 < d;) {
+    int k0 = 0;
+#if defined(__AVX512F__)
+    while (d - k0 >= 16) {
+        const int c = (d - k0) / 16 < most ? (d - k0) / 16 : most;
+        switch (c) {
+        case 1: pv_sweep16(HS, 1, p, m, slot, vb, d, k0, inv, o); break;
+        case 2: pv_sweep16(HS, 2, p, m, slot, vb, d, k0, inv, o); break;
+        case 3: pv_sweep16(HS, 3, p, m, slot, vb, d, k0, inv, o); break;
+        case 4: pv_sweep16(HS, 4, p, m, slot, vb, d, k0, inv, o); break;
+        case 5: pv_sweep16(HS, 5, p, m, slot, vb, d, k0, inv, o); break;
+        case 6: pv_sweep16(HS, 6, p, m, slot, vb, d, k0, inv, o); break;
+        case 7: pv_sweep16(HS, 7, p, m, slot, vb, d, k0, inv, o); break;
+        default: pv_sweep16(HS, 8, p, m, slot, vb, d, k0, inv, o); break;
+        }
+        k0 += 16 * c;
+    }
+#endif
+    while (k0 < d) {
         const int c = (d - k0) / 8 < most ? (d - k0) / 8 : most;
         switch (c) {
         case 1: pv_sweep(HS, 1, p, m, slot, vb, d, k0, inv, o); break;
