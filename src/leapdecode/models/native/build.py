@@ -41,8 +41,8 @@ SIGNATURES = {
     "model_forward": [_P, _P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _P],
     "stream_sum": [_P, ctypes.c_long],
 }
-RESULTS = {"model_forward": ctypes.c_int, "linear_bf16": ctypes.c_int, "linear_q8": ctypes.c_int, "linear_q4": ctypes.c_int,
-           "stream_sum": ctypes.c_double}  # the rest return nothing
+RESULTS = {"model_forward": ctypes.c_int, "linear_bf16": ctypes.c_int, "linear_q8": ctypes.c_int,
+           "linear_q4": ctypes.c_int, "stream_sum": ctypes.c_double}  # the rest return nothing
 
 
 def _cpu_flags() -> str:

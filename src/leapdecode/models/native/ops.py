@@ -16,13 +16,14 @@ FORMATS = ("float32", "bfloat16", "int8", "w8a8", "w4a8")
 class Weight:
     """A [out, in] weight in one storage format (`fmt`, one of FORMATS).
 
-    float32: `data` [out, in]. bfloat16: packed in panels of 16 outputs, `data` [ceil(out / 16), in / 2,
-    16, 2] with element [p, t, o, j] = W[16 p + o, 2 t + j] (subnormals flushed to zero). int8: `data` [out, in] int8 and `scale` [out] fp32 (per
-    output channel). w8a8: the same int8 weights packed in panels of 16 outputs, `data`
-    [ceil(out / 16), in / 4, 16, 4] with element [p, t, o, j] = W[16 p + o, 4 t + j], and `wsum` [out]
-    int32, the sums of each output's weights. w4a8: `data` [ceil(out / 16), ceil(in / 32), 320] uint8,
-    4-bit weights with a float16 scale and min per output and group of 32 (layout in
-    csrc/kernels.c). Outputs and inputs past the real ones are zeros."""
+    float32: `data` [out, in]. bfloat16: packed in panels of 16 outputs, `data` [ceil(out / 16),
+    in / 2, 16, 2] with element [p, t, o, j] = W[16 p + o, 2 t + j] (subnormals flushed to zero).
+    int8: `data` [out, in] int8 and `scale` [out] fp32 (per output channel). w8a8: the same int8
+    weights packed in panels of 16 outputs, `data` [ceil(out / 16), in / 4, 16, 4] with element
+    [p, t, o, j] = W[16 p + o, 4 t + j], and `wsum` [out] int32, the sums of each output's weights.
+    w4a8: `data` [ceil(out / 16), ceil(in / 32), 320] uint8, 4-bit weights with a float16 scale and
+    min per output and group of 32 (layout in csrc/kernels.c). Outputs and inputs past the real ones
+    are zeros."""
 
     data: torch.Tensor
     scale: torch.Tensor | None
@@ -45,6 +46,10 @@ class Weight:
         if self.fmt == "int8":
             return self.data[ids]
         assert self.fmt == "w8a8", self.fmt
+        return self._unpanel(ids)
+
+    def _unpanel(self, ids: torch.Tensor | slice) -> torch.Tensor:
+        """Rows `ids` of bfloat16's or w8a8's panels [p, t, 16, j] as [len(ids), in]."""
         out, d_in = self.shape
         return self.data.permute(0, 2, 1, 3).reshape(-1, d_in)[:out][ids]
 
@@ -53,8 +58,7 @@ class Weight:
         if self.fmt == "float32":
             return self.data[ids]
         if self.fmt == "bfloat16":
-            out, d_in = self.shape
-            return self.data.permute(0, 2, 1, 3).reshape(-1, d_in)[:out][ids].float()
+            return self._unpanel(ids).float()
         if self.fmt in ("int8", "w8a8"):
             return self.int8_rows(ids).float() * self.scale[ids, None]
         out, d_in = self.shape

@@ -627,7 +627,7 @@ int linear_q4(const float *x, int n, int in, const void *w, const float *b, floa
  * except that it flushes a subnormal sum or product to zero where the FMAs keep it); other CPUs do it
  * with two FMAs. So a row's sums take the same steps in the same order whatever the pass width, and
  * every lane ends holding one output's whole dot product. A tile is up to BROWS rows against one
- * panel, the first group of rows fetching the panel BAHEAD ahead as in qtile. The rounded rows are
+ * panel, the first group of rows fetching the panel QAHEAD ahead as in qtile. The rounded rows are
  * stored pair-major, so a tile's broadcasts of one pair read adjacent words off one address. */
 static uint32_t *g_xb; /* [in / 2][n]: pair t of row r (two bfloat16) at t * n + r */
 static long g_xb_cap;
@@ -652,9 +652,7 @@ static int round_bf16_rows(const float *x, int n, int in) {
 
 #if defined(__AVX512F__)
 #define BH 1
-#ifndef BROWS
-#define BROWS 16
-#endif
+#define BROWS 16 /* 16 accumulators; 8 were too few to cover a pass of 9-16 rows in one group */
 typedef __m512 bacc;
 #define bzero _mm512_setzero_ps
 #if defined(__AVX512BF16__)
@@ -705,14 +703,13 @@ static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) {
 }
 #endif
 #define BV (16 / BH) /* outputs per vector */
-#define BAHEAD 2
 
 typedef struct { int n, in, out; const uint16_t *w; const float *b; float *y; } BArgs;
 
 static inline __attribute__((always_inline)) void btile(const BArgs *a, int R, int r0, int p) {
     const int pairs = a->in / 2;
     const uint16_t *wp = a->w + (long)p * pairs * 32;
-    const char *ahead = r0 == 0 && p + BAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)BAHEAD * pairs * 32) : NULL;
+    const char *ahead = r0 == 0 && p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * pairs * 32) : NULL;
     const uint32_t *xr = g_xb + r0;
     bacc acc[BROWS][BH];
     for (int i = 0; i < R; i++)
