@@ -801,24 +801,6 @@ static inline __attribute__((always_inline)) void qk_block4(int HS, const float 
     __m256 acc[HS_MAX][4];
     const float *k0 = kb + (long)slot[t] * d, *k1 = kb + (long)slot[t + 1] * d;
     const float *k2 = kb + (long)slot[t + 2] * d, *k3 = kb + (long)slot[t + 3] * d;
-#if defined(__AVX512F__) /* the same lanes' FMAs, two keys per 16-lane vector (half the instructions) */
-    __m512 wide[HS_MAX][2];
-    for (int i = 0; i < HS; i++) wide[i][0] = wide[i][1] = _mm512_setzero_ps();
-    for (int k = 0; k < d; k += 8) {
-        const __m512 v01 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(k0 + k)), _mm256_loadu_ps(k1 + k), 1);
-        const __m512 v23 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(k2 + k)), _mm256_loadu_ps(k3 + k), 1);
-        for (int i = 0; i < HS; i++) {
-            const __m512 qk = _mm512_broadcast_f32x8(_mm256_loadu_ps(qv[i] + k));
-            wide[i][0] = _mm512_fmadd_ps(qk, v01, wide[i][0]);
-            wide[i][1] = _mm512_fmadd_ps(qk, v23, wide[i][1]);
-        }
-    }
-    for (int i = 0; i < HS; i++)
-        for (int u = 0; u < 2; u++) {
-            acc[i][2 * u] = _mm512_castps512_ps256(wide[i][u]);
-            acc[i][2 * u + 1] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(wide[i][u]), 1));
-        }
-#else
     for (int i = 0; i < HS; i++)
         for (int u = 0; u < 4; u++) acc[i][u] = _mm256_setzero_ps();
     for (int k = 0; k < d; k += 8) {
@@ -832,13 +814,47 @@ static inline __attribute__((always_inline)) void qk_block4(int HS, const float 
             acc[i][3] = _mm256_fmadd_ps(qk, v3, acc[i][3]);
         }
     }
-#endif
     for (int i = 0; i < HS; i++) { /* lanes 0-3 of h: each key's (0+1)+(2+3); lanes 4-7: (4+5)+(6+7) */
         __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[i][0], acc[i][1]), _mm256_hadd_ps(acc[i][2], acc[i][3]));
         __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
         _mm_storeu_ps(s[i] + t, _mm_mul_ps(r, scale));
     }
 }
+
+#if defined(__AVX512F__)
+/* qk_block4's arithmetic for keys slot[t..t+7], two keys per 16-lane vector (a key's 8 lanes in one
+ * half): the same FMAs per lane, and the same sums, ((0+1)+(2+3))+((4+5)+(6+7)), by 16-lane
+ * shuffles in place of hadd; half the instructions */
+static inline __m512 hadd16(__m512 a, __m512 b) { /* _mm256_hadd_ps on each 256-bit half */
+    return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+static inline __attribute__((always_inline)) void qk_block8(int HS, const float *const *qv, float *const *s,
+                                                            const float *kb, const int *slot, int t, int d,
+                                                            __m128 scale) {
+    __m512 acc[HS_MAX][4];
+    const float *kr[8];
+    for (int u = 0; u < 8; u++) kr[u] = kb + (long)slot[t + u] * d;
+    for (int i = 0; i < HS; i++)
+        for (int u = 0; u < 4; u++) acc[i][u] = _mm512_setzero_ps();
+    for (int k = 0; k < d; k += 8) {
+        __m512 v[4];
+        for (int u = 0; u < 4; u++)
+            v[u] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(kr[2 * u] + k)), _mm256_loadu_ps(kr[2 * u + 1] + k), 1);
+        for (int i = 0; i < HS; i++) {
+            const __m512 qk = _mm512_broadcast_f32x8(_mm256_loadu_ps(qv[i] + k));
+            for (int u = 0; u < 4; u++) acc[i][u] = _mm512_fmadd_ps(qk, v[u], acc[i][u]);
+        }
+    }
+    /* 128-bit lanes of g: [k0 k2 k4 k6] low halves' sums, the same high, [k1 k3 k5 k7] low, high */
+    const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256 sc = _mm256_set_m128(scale, scale);
+    for (int i = 0; i < HS; i++) {
+        const __m512 g = hadd16(hadd16(acc[i][0], acc[i][1]), hadd16(acc[i][2], acc[i][3]));
+        const __m512 r = _mm512_add_ps(g, _mm512_shuffle_f32x4(g, g, _MM_SHUFFLE(2, 3, 0, 1)));
+        _mm256_storeu_ps(s[i] + t, _mm256_mul_ps(_mm512_castps512_ps256(_mm512_permutexvar_ps(order, r)), sc));
+    }
+}
+#endif
 
 /* o[i][k0 .. k0 + 8C) = inv[i] * sum over t of p[i][t] * V[slot[t]][k0 ..], in order of t */
 static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, float *const *p, int m, const int *slot,
@@ -952,11 +968,19 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
             s[i] = buf + i * row;
             o[i] = out_row(a, j, h0 + i);
         }
+#if defined(__AVX512F__)
+        for (int t = 0; t < m8; t += 8) {
+            if (n_h == 1) qk_block8(1, qv, s, kb, slot, t, d, scale);
+            else if (n_h == 2) qk_block8(2, qv, s, kb, slot, t, d, scale);
+            else qk_block8(3, qv, s, kb, slot, t, d, scale);
+        }
+#else
         for (int t = 0; t < m8; t += 4) {
             if (n_h == 1) qk_block4(1, qv, s, kb, slot, t, d, scale);
             else if (n_h == 2) qk_block4(2, qv, s, kb, slot, t, d, scale);
             else qk_block4(3, qv, s, kb, slot, t, d, scale);
         }
+#endif
         for (int i = 0; i < n_h; i++) { /* softmax, one head at a time */
             float *si = s[i];
             __m256 mx = _mm256_set1_ps(-INFINITY); /* the padding repeats the last score: max unchanged */
