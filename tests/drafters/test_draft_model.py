@@ -117,6 +117,8 @@ def test_record_counts_the_first_rejection_only():
         (dict(threshold=1.5), "threshold"),
         (dict(max_length=0), "max_length"),
         (dict(model=3), "model"),
+        (dict(copy=-1), "copy"),
+        (dict(copy="long"), "copy"),
     ],
 )
 def test_bad_options_name_the_fix(options, fix):
@@ -192,8 +194,20 @@ def test_cache_follows_the_context_through_rejections_and_catch_up(engine):
     assert torch.allclose(lm.logits_after(prompt[:3]), reference(prompt[:3]), atol=1e-4)  # new prompt
 
 
+def test_copy_drafts_a_long_match_without_running_the_draft_model(engine):
+    drafter = self_drafter(engine, length=4, copy=3)
+    context = [5, 6, 7, 8, 9, 10, 5, 6, 7]  # the end, 5 6 7, occurred before: copy what followed
+    drafter.reset(context[:4])
+    drafter.lm.passes = 0
+    assert list(drafter.propose(context, 4).tokens) == [8, 9, 10, 5]
+    assert drafter.lm.passes == 0
+    assert len(drafter.propose([5, 6, 7, 8, 9, 10, 6, 7], 4).tokens) == 4  # a match of 2: the model drafts
+    assert drafter.lm.passes > 0
+
+
 # ---- end to end on the 135M model drafting for itself ---------------------------------------
-@pytest.mark.parametrize("options", [dict(length=4), dict(length="auto"), dict(length=3, tree_width=3)])
+@pytest.mark.parametrize("options", [dict(length=4), dict(length="auto"), dict(length=3, tree_width=3),
+                                     dict(length="auto", copy=4)])
 def test_greedy_output_is_identical_and_self_drafts_are_accepted(engine, reference, options):
     for prompt in PROMPTS if options == dict(length=4) else PROMPTS[:1]:
         out = run(engine, self_drafter(engine, **options), prompt, GenerationConfig(max_new_tokens=24))

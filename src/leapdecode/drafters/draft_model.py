@@ -34,6 +34,12 @@ and `Draft.probs` carries q, so verification is Leviathan et al.'s rule. Tree si
 drawn from q without replacement and verified by recursive rejection sampling (verify_multi.py).
 Without `configure` the drafter proposes its argmax and no probs: a one-hot q, lossless too.
 
+Copies (`copy` n > 0): where the context's end already occurred earlier, at least n tokens long,
+the continuation of that earlier occurrence is proposed instead (a suffix automaton's match, as
+`suffix` drafts) and the draft model does not run for that step; its cache catches up at its next
+draft. SAM-Decoding (Hu et al., ACL 2025, arXiv 2411.10666) pairs such copies with an auxiliary
+drafter the same way: long matches are accepted almost whole and cost nothing to draft.
+
 Another tokenizer: when `configure` sees that the draft's vocabulary differs from the target's,
 the request is handed to `CrossTokenizerDrafter` (cross_tokenizer.py), which drafts through text.
 """
@@ -49,10 +55,11 @@ import torch
 from ..models.base import eos_ids_of
 from ..models.loading import DRAFT_BACKENDS, as_target, load_draft
 from ..sampling import SamplingParams, make_generator, make_warp
-from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, TargetInfo
+from .base import EMPTY_DRAFT, Draft, Drafter, StepResult, TargetInfo, check_int
 from .cross_tokenizer import CrossTokenizerDrafter
 from .draft_length import DraftLength
 from .draft_lm import DraftLM, Level, decode_chain, pad_vocab
+from .suffix import SuffixDrafter
 
 # target model -> the packaged draft model used when none is named
 DEFAULT_DRAFTS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-0.5b"}
@@ -69,6 +76,7 @@ class DraftModelDrafter(Drafter):
 
         make_drafter("draft-model", model="qwen2.5-coder-0.5b")             # fixed length 4
         make_drafter("draft-model", model="qwen2.5-coder-0.5b", length="auto", tree_width=2)
+        make_drafter("draft-model", model="qwen2.5-coder-0.5b", length="auto", copy=8)  # copies first
 
     `model` is a packaged name, a transformers directory or .gguf file (loaded at the first
     `configure`, on the target's backend and dtype unless `backend`/`dtype` are given), a
@@ -87,6 +95,7 @@ class DraftModelDrafter(Drafter):
         threshold: float | None = None,
         max_length: int = 12,
         backend: str | None = None,
+        copy: int = 0,
     ):
         if isinstance(tree_width, bool) or not isinstance(tree_width, int) or tree_width < 1:
             raise ValueError(f"draft-model option tree_width must be an integer >= 1, got {tree_width!r}")
@@ -95,6 +104,7 @@ class DraftModelDrafter(Drafter):
         self.backend, self.dtype = backend, dtype  # None: the target's
         self.length = DraftLength(length, threshold, max_length)
         self.tree_width = tree_width
+        self._copy = SuffixDrafter(min_match=check_int("draft-model", "copy", copy, 0, 8)) if copy else None
         self.model_name: str | None = model if isinstance(model, str) else None
         self.lm: DraftLM | None = None
         self.tokenizer: Any = None
@@ -180,6 +190,8 @@ class DraftModelDrafter(Drafter):
 
     # ---- the protocol -------------------------------------------------------------------
     def reset(self, prompt: Sequence[int]) -> None:
+        if self._copy is not None:
+            self._copy.reset(prompt)
         if self._cross is not None:
             self._cross.reset(prompt)
         # the draft cache is kept: the next propose trims it to what the new prompt shares
@@ -192,6 +204,10 @@ class DraftModelDrafter(Drafter):
         if self._cross is not None:
             return self._cross.propose(context, budget)
         self._chain_nodes, self._confidences = [], []
+        if self._copy is not None:
+            copied = self._copy.propose(context, budget)
+            if self._copy.match_length >= self._copy.min_match:
+                return copied
         if len(context) + budget >= self.lm.context_window:
             return EMPTY_DRAFT
         self.lm.take_extends()
