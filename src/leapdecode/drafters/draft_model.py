@@ -38,7 +38,8 @@ Copies (`copy` n > 0): where the context's end already occurred earlier, at leas
 the continuation of that earlier occurrence is proposed instead (a suffix automaton's match, as
 `suffix` drafts) and the draft model does not run for that step; its cache catches up at its next
 draft. SAM-Decoding (Hu et al., ACL 2025, arXiv 2411.10666) pairs such copies with an auxiliary
-drafter the same way: long matches are accepted almost whole and cost nothing to draft.
+drafter the same way: long matches are accepted almost whole and cost nothing to draft. (Not
+with a draft of another tokenizer, which drafts through text.)
 
 Another tokenizer: when `configure` sees that the draft's vocabulary differs from the target's,
 the request is handed to `CrossTokenizerDrafter` (cross_tokenizer.py), which drafts through text.
