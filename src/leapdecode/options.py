@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Sequence
 
-from .models.registry import DEFAULT_MODEL
+from .models.registry import DEFAULT_MODEL, DTYPES as FLOAT_DTYPES, QUANTIZED
 
-DTYPES = ("float32", "bfloat16", "int8", "w8a8", "w4a8")
+DTYPES = (*FLOAT_DTYPES, *QUANTIZED)
 BACKEND_CHOICES = ("auto", "native", "hf", "transformers", "llamacpp")
 
 

@@ -121,7 +121,7 @@ def _pack_w4(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([packed, halves], dim=2).contiguous()
 
 
-_KERNEL = {torch.float32: "linear_f32", torch.int8: "linear_i8"}
+_KERNEL = {"float32": "linear_f32", "int8": "linear_i8"}  # the row-major formats
 
 
 def linear(x: torch.Tensor, w: Weight, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,7 +138,7 @@ def linear(x: torch.Tensor, w: Weight, out: torch.Tensor | None = None) -> torch
     elif w.fmt == "w4a8":
         err = kernels().linear_q4(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.bias), y.data_ptr(), d_out)
     else:
-        fn = getattr(kernels(), _KERNEL[w.data.dtype])
+        fn = getattr(kernels(), _KERNEL[w.fmt])
         fn(x.data_ptr(), n, d_in, w.data.data_ptr(), _ptr(w.scale), _ptr(w.bias), y.data_ptr(), d_out)
         return y
     if err:

@@ -113,6 +113,20 @@ static void parallel_for(int n, Body body, void *ctx) {
     while (atomic_load(&g_done) < g_workers) _mm_pause();
 }
 
+/* the 4 bytes at p (any alignment) in every 32-bit lane: one broadcast activation quad or pair */
+static inline __attribute__((always_inline)) __m256i bcast4_256(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+#if defined(__AVX512F__)
+static inline __attribute__((always_inline)) __m512i bcast4_512(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+#endif
+
 /* fixed-order horizontal sum of 8 lanes: (0+4, 1+5, 2+6, 3+7) then pairs, then the last pair */
 static inline float hsum8(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -373,11 +387,7 @@ static int quantize_rows(const float *x, int n, int in, int stride, int offset, 
 typedef __m512i qacc, qw, qx;
 #define qzero _mm512_setzero_si512
 static inline __attribute__((always_inline)) qw qw_load(const int8_t *p) { return _mm512_loadu_si512(p); }
-static inline __attribute__((always_inline)) qx qx_bcast(const uint8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-}
+static inline __attribute__((always_inline)) qx qx_bcast(const uint8_t *p) { return bcast4_512(p); }
 static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) { return _mm512_dpbusd_epi32(a, x, w); }
 #else /* vpdpbusd's exact result from 16-bit multiply-adds: the even bytes of each quad, then the odd */
 #define QH 2
@@ -390,9 +400,7 @@ static inline __attribute__((always_inline)) qw qw_load(const int8_t *p) {
     return (qw){_mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8), _mm256_srai_epi16(v, 8)};
 }
 static inline __attribute__((always_inline)) qx qx_bcast(const uint8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    __m256i b = _mm256_set1_epi32(v);
+    __m256i b = bcast4_256(p);
     return (qx){_mm256_and_si256(b, _mm256_set1_epi16(0xff)), _mm256_srli_epi16(b, 8)};
 }
 static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) {
@@ -516,11 +524,7 @@ static inline __attribute__((always_inline)) q4w q4_nibbles(const uint8_t *p, in
     __m512i v = _mm512_loadu_si512(p);
     return _mm512_and_si512(high ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(15));
 }
-static inline __attribute__((always_inline)) q4w q4_bcast(const uint8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-}
+static inline __attribute__((always_inline)) q4w q4_bcast(const uint8_t *p) { return bcast4_512(p); }
 static inline __attribute__((always_inline)) qacc q4mac(qacc a, q4w w, q4w x) { return _mm512_dpbusd_epi32(a, w, x); }
 static inline __attribute__((always_inline)) qf qf_half(const uint8_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
@@ -536,11 +540,7 @@ static inline __attribute__((always_inline)) q4w q4_nibbles(const uint8_t *p, in
     __m256i v = _mm256_loadu_si256((const __m256i *)p);
     return _mm256_and_si256(high ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15));
 }
-static inline __attribute__((always_inline)) q4w q4_bcast(const uint8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
-}
+static inline __attribute__((always_inline)) q4w q4_bcast(const uint8_t *p) { return bcast4_256(p); }
 static inline __attribute__((always_inline)) qacc q4mac(qacc a, q4w w, q4w x) {
     return _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
 }
@@ -658,11 +658,7 @@ typedef __m512 bacc;
 #if defined(__AVX512BF16__)
 typedef __m512bh bw, bx;
 static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) { return (bw)_mm512_loadu_si512(p); }
-static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return (bx)_mm512_set1_epi32(v);
-}
+static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) { return (bx)bcast4_512(p); }
 static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) { return _mm512_dpbf16_ps(a, x, w); }
 #else
 typedef struct { __m512 e, o; } bw, bx;
@@ -671,11 +667,7 @@ static inline __attribute__((always_inline)) bw bsplit(__m512i v) {
                 _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)))};
 }
 static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) { return bsplit(_mm512_loadu_si512(p)); }
-static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return bsplit(_mm512_set1_epi32(v));
-}
+static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) { return bsplit(bcast4_512(p)); }
 static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) {
     return _mm512_fmadd_ps(x.e, w.e, _mm512_fmadd_ps(x.o, w.o, a));
 }
@@ -693,11 +685,7 @@ static inline __attribute__((always_inline)) bw bsplit(__m256i v) {
 static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) {
     return bsplit(_mm256_loadu_si256((const __m256i *)p));
 }
-static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return bsplit(_mm256_set1_epi32(v));
-}
+static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) { return bsplit(bcast4_256(p)); }
 static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) {
     return _mm256_fmadd_ps(x.e, w.e, _mm256_fmadd_ps(x.o, w.o, a));
 }
