@@ -465,11 +465,11 @@ static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, i
             if (16 * p + h * QV < a->out) qfinish(a, acc[i][h], r0 + i, 16 * p + h * QV);
 }
 
-/* the rows in groups of ROWS against panel p: a constant group size per case, so a tile's
+/* rows FROM.. in groups of ROWS against panel p: a constant group size per case, so a tile's
  * accumulators stay in registers (cases past ROWS are never reached) */
 #define RG(k, ROWS) ((k) < (ROWS) ? (k) : (ROWS))
-#define ROW_GROUPS(TILE, a, p, ROWS)                                                                      \
-    for (int r0 = 0; r0 < (a)->n; r0 += (ROWS))                                                           \
+#define ROW_GROUPS(TILE, a, p, ROWS, FROM)                                                                \
+    for (int r0 = (FROM); r0 < (a)->n; r0 += (ROWS))                                                      \
         switch ((a)->n - r0 < (ROWS) ? (a)->n - r0 : (ROWS)) {                                            \
         case 1: TILE(a, RG(1, ROWS), r0, p); break;                                                       \
         case 2: TILE(a, RG(2, ROWS), r0, p); break;                                                       \
@@ -489,9 +489,53 @@ static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, i
         default: TILE(a, (ROWS), r0, p); break;                                                           \
         }
 
+#if QH == 1
+/* 8 rows against panels p and p + 1: each broadcast feeds two multiply-adds (in a tile of one panel
+ * the broadcasts, one per multiply-add, capped vpdpbusd's rate at about half). A lane's sum takes the
+ * same steps as in qtile. The first group of rows fetches panels p + 2 and p + 3. Used for passes of
+ * Q2_FROM rows or more: below, where a pass is bound by memory, it was slower (8 rows: 1.14x). */
+#define Q2_FROM 16
+#define ROWS8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+static inline __attribute__((always_inline)) void qtile2(const QArgs *a, int r0, int p) {
+    const int quads = a->in / 4;
+    const long in = a->in, ps = (long)quads * 64;
+    const int8_t *wp = a->w + (long)p * ps;
+    const char *ahead = r0 == 0 && p + 3 < (a->out + 15) / 16 ? (const char *)(wp + 2 * ps) : NULL;
+    const uint8_t *xr = g_xq + (long)r0 * in;
+#define Q2_ZERO(i) qacc c##i##a = qzero(), c##i##b = qzero();
+    ROWS8(Q2_ZERO)
+    for (int t = 0; t < quads; t++) {
+        if (ahead) {
+            _mm_prefetch(ahead + (long)t * 64, _MM_HINT_T0);
+            _mm_prefetch(ahead + ps + (long)t * 64, _MM_HINT_T0);
+        }
+        const qw w0 = qw_load(wp + t * 64), w1 = qw_load(wp + ps + t * 64);
+#define Q2_STEP(i)                                                                                         \
+    {                                                                                                      \
+        const qx xv = qx_bcast(xr + i * in + 4 * t);                                                       \
+        c##i##a = qmac(c##i##a, xv, w0), c##i##b = qmac(c##i##b, xv, w1);                                  \
+    }
+        ROWS8(Q2_STEP)
+    }
+#define Q2_FINISH(i)                                                                                       \
+    qfinish(a, c##i##a, r0 + i, 16 * p);                                                                   \
+    if (16 * (p + 1) < a->out) qfinish(a, c##i##b, r0 + i, 16 * (p + 1));
+    ROWS8(Q2_FINISH)
+}
+#endif
+
 static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
     const QArgs *a = ctx;
-    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(qtile, a, p, QROWS)
+    int p = p_lo;
+#if QH == 1
+    if (a->n >= Q2_FROM)
+        for (; p + 2 <= p_hi; p += 2) {
+            const int full = a->n & ~7;
+            for (int r0 = 0; r0 < full; r0 += 8) qtile2(a, r0, p);
+            for (int j = p; j < p + 2; j++) ROW_GROUPS(qtile, a, j, QROWS, full)
+        }
+#endif
+    for (; p < p_hi; p++) ROW_GROUPS(qtile, a, p, QROWS, 0)
 }
 
 /* w: packed as above ([ceil(out / 16)][in / 4][64] bytes); in % 4 == 0. Threads split the panels. */
@@ -605,7 +649,7 @@ static inline __attribute__((always_inline)) void q4tile(const Q4Args *a, int R,
 
 static void linear_q4_chunk(void *ctx, int p_lo, int p_hi) {
     const Q4Args *a = ctx;
-    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(q4tile, a, p, QROWS)
+    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(q4tile, a, p, QROWS, 0)
 }
 
 /* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes) */
@@ -723,7 +767,7 @@ static inline __attribute__((always_inline)) void btile(const BArgs *a, int R, i
 
 static void linear_bf16_chunk(void *ctx, int p_lo, int p_hi) {
     const BArgs *a = ctx;
-    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(btile, a, p, BROWS)
+    for (int p = p_lo; p < p_hi; p++) ROW_GROUPS(btile, a, p, BROWS, 0)
 }
 
 /* w: packed as above ([ceil(out / 16)][in / 2][32] bfloat16); in % 8 == 0 */
