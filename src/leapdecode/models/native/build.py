@@ -35,6 +35,7 @@ SIGNATURES = {
     "attention": [_P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P, _I, _F, _I, _P, _P],
     "rmsnorm": [_P, _I, _I, _P, _F, _F, _P],
     "gated_act": [_P, _I, _I, _I, _P],
+    "embed_rows": [_P, _I, _P, _I, _F, _P],
     "set_threads": [_I],
     "set_profile": [_I],
     "get_profile": [_P],

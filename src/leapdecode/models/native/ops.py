@@ -178,8 +178,9 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cac
     out = torch.empty_like(q)
     pos = positions if positions is not None else torch.zeros(n, dtype=torch.int32)
     lo, hi = torch.zeros(n, dtype=torch.int32), torch.full((n,), cached, dtype=torch.int32)
+    offsets = (extra - cached).to(torch.int32).contiguous()  # the kernel takes them from hi
     kernels().attention(q.data_ptr(), n, heads, kv_heads, d, k_cache.data_ptr(), v_cache.data_ptr(), max_len,
-                        lo.data_ptr(), hi.data_ptr(), extra.data_ptr(), count.data_ptr(), extra.shape[1], scale,
+                        lo.data_ptr(), hi.data_ptr(), offsets.data_ptr(), count.data_ptr(), extra.shape[1], scale,
                         window, pos.data_ptr(), out.data_ptr())
     return out
 

@@ -807,7 +807,8 @@ static inline float dot(const float *a, const float *b, int d) {
 /* Attention of n queries over cache slots in canonical order; d % 8 == 0.
  * q: [n, heads, d]; kc, vc: [kv_heads, max_len, d] (this layer); out: [n, heads, d].
  * Query j sees its sequence's cached slots lo[j]..hi[j]-1 (slot lo[j] holds position 0), then the
- * slots extra[j, 0..count[j]-1] (its ancestors in the pass by depth, itself last). Scores, max, exp,
+ * slots hi[j] + extra[j, 0..count[j]-1] (its ancestors in the pass by depth, itself last: offsets
+ * from the pass's first slot of its sequence, so a chain's are the same in every pass). Scores, max, exp,
  * sum and the weighted sum run in that order, so a query's result is the same whether its
  * ancestors are in the pass or already committed, and wherever its sequence sits in the cache.
  * window > 0 keeps only the cache slots of positions > pos[j] - window. */
@@ -989,7 +990,7 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
         if (first > hi[j]) first = hi[j];
         int m = 0;
         for (int i = first; i < hi[j]; i++) slot[m++] = i;
-        for (int e = 0; e < count[j]; e++) slot[m++] = extra[j * max_extra + e];
+        for (int e = 0; e < count[j]; e++) slot[m++] = hi[j] + extra[j * max_extra + e];
         const int m8 = (m + 7) & ~7;
         for (int t = m; t < m8; t++) slot[t] = slot[m - 1]; /* whole blocks of 8 keys; padding dropped */
         const float *qv[HS_MAX];
@@ -1098,6 +1099,16 @@ static void rope(float *x, int d, const float *cos, const float *sin) {
     }
 }
 
+/* x[r] = table[tokens[r]] * scale for r < n (rows of `hidden` floats; scale 1: an exact copy) */
+void embed_rows(const float *table, int hidden, const int *tokens, int n, float scale, float *x) {
+    for (int r = 0; r < n; r++) {
+        const float *row = table + (long)tokens[r] * hidden;
+        float *out = x + (long)r * hidden;
+        if (scale == 1.f) memcpy(out, row, sizeof(float) * hidden);
+        else for (int k = 0; k < hidden; k++) out[k] = row[k] * scale;
+    }
+}
+
 /* ---- one decoder pass ---------------------------------------------------------------------- */
 typedef struct {
     const float *attn_norm, *post_attn_norm, *mlp_norm, *post_mlp_norm; /* [hidden]; post_* may be NULL */
@@ -1119,7 +1130,7 @@ typedef struct {
 
 /* x [n, hidden]: the embedded inputs, replaced by the last hidden state (before the final norm).
  * Input j sits at position pos[j] and is written to cache slot slot[j] of every layer; it attends
- * to slots lo[j]..hi[j]-1 (its sequence's cache) and extra[j, 0..count[j]-1]. Inputs of several
+ * to slots lo[j]..hi[j]-1 (its sequence's cache) and hi[j] + extra[j, 0..count[j]-1]. Inputs of several
  * sequences may share a pass: no row's arithmetic depends on the others. With `logits`
  * [n - head_from, vocab] (else NULL, as in a prefill) the final norm and the head fill it for
  * inputs head_from..n-1. Returns 0, or -1 if memory ran out. */
