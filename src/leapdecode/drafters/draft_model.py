@@ -41,6 +41,13 @@ draft. SAM-Decoding (Hu et al., ACL 2025, arXiv 2411.10666) pairs such copies wi
 drafter the same way: long matches are accepted almost whole and cost nothing to draft. (Not
 with a draft of another tokenizer, which drafts through text.)
 
+Window (`window` w > 0): the draft model reads only the prompt's last w tokens (then everything
+generated after them), so a long prompt costs the draft a prefill of w tokens instead of all of
+them; the target still reads, and verifies against, the whole context, so the output is unchanged.
+Drafting from a short window of recent context is the idea MagicDec (Sadhukhan et al. 2024,
+arXiv 2408.11049) applies to long prompts, there with a StreamingLLM cache. The copies above still
+search the whole context. (Not with a draft of another tokenizer.)
+
 Another tokenizer: when `configure` sees that the draft's vocabulary differs from the target's,
 the request is handed to `CrossTokenizerDrafter` (cross_tokenizer.py), which drafts through text.
 """
@@ -78,6 +85,7 @@ class DraftModelDrafter(Drafter):
         make_drafter("draft-model", model="qwen2.5-coder-0.5b")             # fixed length 4
         make_drafter("draft-model", model="qwen2.5-coder-0.5b", length="auto", tree_width=2)
         make_drafter("draft-model", model="qwen2.5-coder-0.5b", length="auto", copy=8)  # copies first
+        make_drafter("draft-model", model="qwen2.5-coder-0.5b", window=256)  # the prompt's last 256 tokens
 
     `model` is a packaged name, a transformers directory or .gguf file (loaded at the first
     `configure`, on the target's backend and dtype unless `backend`/`dtype` are given), a
@@ -97,6 +105,7 @@ class DraftModelDrafter(Drafter):
         max_length: int = 12,
         backend: str | None = None,
         copy: int = 0,
+        window: int = 0,
     ):
         if isinstance(tree_width, bool) or not isinstance(tree_width, int) or tree_width < 1:
             raise ValueError(f"draft-model option tree_width must be an integer >= 1, got {tree_width!r}")
@@ -106,6 +115,8 @@ class DraftModelDrafter(Drafter):
         self.length = DraftLength(length, threshold, max_length)
         self.tree_width = tree_width
         self._copy = SuffixDrafter(min_match=check_int("draft-model", "copy", copy, 0, 8)) if copy else None
+        self.window = check_int("draft-model", "window", window, 0, 256)  # 0: the whole prompt
+        self._cut = 0  # the context tokens the draft model skips in this request
         self.model_name: str | None = model if isinstance(model, str) else None
         self.lm: DraftLM | None = None
         self.tokenizer: Any = None
@@ -195,6 +206,7 @@ class DraftModelDrafter(Drafter):
             self._copy.reset(prompt)
         if self._cross is not None:
             self._cross.reset(prompt)
+        self._cut = max(0, len(prompt) - self.window) if self.window else 0
         # the draft cache is kept: the next propose trims it to what the new prompt shares
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
@@ -209,10 +221,11 @@ class DraftModelDrafter(Drafter):
             copied = self._copy.propose(context, budget)
             if self._copy.match_length >= self._copy.min_match:
                 return copied
-        if len(context) + budget >= self.lm.context_window:
+        seen = context[self._cut:]
+        if len(seen) + budget >= self.lm.context_window:
             return EMPTY_DRAFT
         self.lm.take_extends()
-        levels = decode_chain(self.lm, context, min(budget, self.length.max_length), self.length, self._pick)
+        levels = decode_chain(self.lm, seen, min(budget, self.length.max_length), self.length, self._pick)
         draft = self._assemble(levels, budget)
         self._extends = self.lm.take_extends()
         self._proposed_at = time.perf_counter()
