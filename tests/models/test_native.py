@@ -64,7 +64,7 @@ def test_linear_rows_bitwise_invariant(w_fp32, fmt, d_in):
     weight = ops.make_weight(w, fmt, b)
     x = torch.randn(32, d_in)
     alone = torch.cat([ops.linear(x[r:r + 1].contiguous(), weight) for r in range(32)])  # [32, out]
-    for n in (8, 21, 32):  # 21: two-panel tiles for rows 0-15, one-panel ones for the 5 left (w8a8)
+    for n in (8, 21, 32):  # 21: two-panel tiles for rows 0-15 (w8a8) or 0-19 (w4a8), one-panel ones after
         for start in range(0, 32, n):
             assert torch.equal(ops.linear(x[start:start + n].contiguous(), weight), alone[start:start + n])
     shifted = ops.linear(torch.cat([x[5:6], x[:5]]).contiguous(), weight)  # row 5 at position 0
