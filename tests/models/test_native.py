@@ -209,6 +209,10 @@ def test_commit_path_then_logits_equal_fresh_prefill(targets, fmt):
     assert torch.equal(after, fresh)
     t.trim(len(PROMPT) + 1)
     assert t.length == len(PROMPT) + 1
+    for bad in ([t.vocab_size], [-1]):  # the kernel reads embedding rows unchecked: refused before
+        with pytest.raises(ValueError, match="token ids must lie in"):
+            t.forward(bad, torch.zeros(1, dtype=torch.long), None)
+    assert t.length == len(PROMPT) + 1
 
 
 # ---- end to end --------------------------------------------------------------------------
