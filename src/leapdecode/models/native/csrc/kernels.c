@@ -598,6 +598,26 @@ static inline __attribute__((always_inline)) qf qf_group(qf f, qacc dot, qf s, q
 
 typedef struct { int n, in, out, groups; const uint8_t *w; const float *b; float *y; } Q4Args;
 
+/* y = f * sx (+ b) for the QV outputs o.. of row r, only the real ones */
+static inline __attribute__((always_inline)) void q4store(const Q4Args *a, qf f, int r, int o) {
+    if (o >= a->out) return;
+    float *y = a->y + (long)r * a->out + o;
+    const float sx = g_sx[r];
+    if (o + QV <= a->out) { /* the same operations as the tail below, QV lanes at once */
+#if QH == 1
+        const __m512 v = _mm512_mul_ps(f, _mm512_set1_ps(sx));
+        _mm512_storeu_ps(y, a->b ? _mm512_add_ps(v, _mm512_loadu_ps(a->b + o)) : v);
+#else
+        const __m256 v = _mm256_mul_ps(f, _mm256_set1_ps(sx));
+        _mm256_storeu_ps(y, a->b ? _mm256_add_ps(v, _mm256_loadu_ps(a->b + o)) : v);
+#endif
+        return;
+    }
+    float v[QV];
+    memcpy(v, &f, sizeof v);
+    for (int u = 0; o + u < a->out; u++) y[u] = a->b ? v[u] * sx + a->b[o + u] : v[u] * sx;
+}
+
 /* rows r0..r0+R-1 against panel p (QV outputs per vector, QH vectors), with the first group of rows
  * fetching panel p + QAHEAD as in qtile */
 static inline __attribute__((always_inline)) void q4tile(const Q4Args *a, int R, int r0, int p) {
@@ -626,43 +646,11 @@ static inline __attribute__((always_inline)) void q4tile(const Q4Args *a, int R,
                 f[i] = qf_group(f[i], dot, s, m, (float)g_xs[(long)(r0 + i) * G + g]);
             }
         }
-        const int o = 16 * p + QV * h;
-        for (int i = 0; i < R && o < a->out; i++) { /* y = f * sx (+ b), only the real outputs */
-            float *y = a->y + (long)(r0 + i) * a->out + o;
-            const float sx = g_sx[r0 + i];
-            if (o + QV <= a->out) { /* the same operations as the tail below, QV lanes at once */
-#if QH == 1
-                __m512 v = _mm512_mul_ps(f[i], _mm512_set1_ps(sx));
-                _mm512_storeu_ps(y, a->b ? _mm512_add_ps(v, _mm512_loadu_ps(a->b + o)) : v);
-#else
-                __m256 v = _mm256_mul_ps(f[i], _mm256_set1_ps(sx));
-                _mm256_storeu_ps(y, a->b ? _mm256_add_ps(v, _mm256_loadu_ps(a->b + o)) : v);
-#endif
-                continue;
-            }
-            float v[QV];
-            memcpy(v, &f[i], sizeof v);
-            for (int u = 0; o + u < a->out; u++) y[u] = a->b ? v[u] * sx + a->b[o + u] : v[u] * sx;
-        }
+        for (int i = 0; i < R; i++) q4store(a, f[i], r0 + i, 16 * p + QV * h);
     }
 }
 
 #if QH == 1
-/* y = f * sx (+ b) for the 16 outputs o.. of row r (only the real ones): q4tile's last step */
-static inline __attribute__((always_inline)) void q4store(const Q4Args *a, qf f, int r, int o) {
-    if (o >= a->out) return;
-    float *y = a->y + (long)r * a->out + o;
-    const float sx = g_sx[r];
-    if (o + QV <= a->out) {
-        const __m512 v = _mm512_mul_ps(f, _mm512_set1_ps(sx));
-        _mm512_storeu_ps(y, a->b ? _mm512_add_ps(v, _mm512_loadu_ps(a->b + o)) : v);
-        return;
-    }
-    float v[QV];
-    memcpy(v, &f, sizeof v);
-    for (int u = 0; o + u < a->out; u++) y[u] = a->b ? v[u] * sx + a->b[o + u] : v[u] * sx;
-}
-
 /* 4 rows against panels p and p + 1, as qtile2 does for W8A8: each broadcast quad feeds two
  * multiply-adds. A group's dot product is exact integer arithmetic (its order does not matter) and
  * the groups fold in ascending order as in q4tile, so the outputs are bitwise q4tile's. For passes
