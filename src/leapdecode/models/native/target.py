@@ -248,19 +248,15 @@ class NativeTarget:
             None if logits is None else logits.data_ptr())
         if status:
             raise MemoryError("the native pass ran out of memory")
-        if len(parts) == 1:  # no slices
-            parts[0].region.guard.start(rows)
-            parts[0].hidden = x
-            return [logits]
         out: list[torch.Tensor | None] = [None] * len(parts)
         row = x_row = 0
-        for i in order:
+        for i in order:  # a part that is the whole pass takes the tensors themselves, not slices
             n = len(parts[i].tokens)
             parts[i].region.guard.start(n)
-            parts[i].hidden = x[x_row:x_row + n]
+            parts[i].hidden = x if n == rows else x[x_row:x_row + n]
             x_row += n
             if parts[i].head:
-                out[i] = logits[row:row + n]
+                out[i] = logits if n == rows else logits[row:row + n]
                 row += n
         return out
 

@@ -489,6 +489,27 @@ static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, i
         default: TILE(a, (ROWS), r0, p); break;                                                           \
         }
 
+/* panels p_lo..p_hi-1 (p counts them): from FROM rows on, where the CPU has AVX-512, in pairs through
+ * TILE2 (R2 rows at a time; the rows left, one panel at a time, through TILE); then each panel not
+ * yet done through TILE alone */
+#if QH == 1
+#define PANEL_PAIRS(TILE2, R2, FROM, TILE, a, p, p_hi)                                                    \
+    if ((a)->n >= (FROM))                                                                                 \
+        for (; (p) + 2 <= (p_hi); (p) += 2) {                                                             \
+            const int full_ = (a)->n - (a)->n % (R2);                                                     \
+            for (int r0 = 0; r0 < full_; r0 += (R2)) TILE2(a, r0, p);                                     \
+            for (int j = (p); j < (p) + 2; j++) ROW_GROUPS(TILE, a, j, QROWS, full_)                      \
+        }
+#else
+#define PANEL_PAIRS(TILE2, R2, FROM, TILE, a, p, p_hi)
+#endif
+#define PANELS(TILE2, R2, FROM, TILE, a, p_lo, p_hi)                                                      \
+    {                                                                                                     \
+        int p = (p_lo);                                                                                   \
+        PANEL_PAIRS(TILE2, R2, FROM, TILE, a, p, p_hi)                                                    \
+        for (; p < (p_hi); p++) ROW_GROUPS(TILE, a, p, QROWS, 0)                                          \
+    }
+
 #if QH == 1
 /* 8 rows against panels p and p + 1: each broadcast feeds two multiply-adds (in a tile of one panel
  * the broadcasts, one per multiply-add, capped vpdpbusd's rate at about half). A lane's sum takes the
@@ -526,16 +547,7 @@ static inline __attribute__((always_inline)) void qtile2(const QArgs *a, int r0,
 
 static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
     const QArgs *a = ctx;
-    int p = p_lo;
-#if QH == 1
-    if (a->n >= Q2_FROM)
-        for (; p + 2 <= p_hi; p += 2) {
-            const int full = a->n & ~7;
-            for (int r0 = 0; r0 < full; r0 += 8) qtile2(a, r0, p);
-            for (int j = p; j < p + 2; j++) ROW_GROUPS(qtile, a, j, QROWS, full)
-        }
-#endif
-    for (; p < p_hi; p++) ROW_GROUPS(qtile, a, p, QROWS, 0)
+    PANELS(qtile2, 8, Q2_FROM, qtile, a, p_lo, p_hi)
 }
 
 /* w: packed as above ([ceil(out / 16)][in / 4][64] bytes); in % 4 == 0. Threads split the panels. */
@@ -698,16 +710,7 @@ static inline __attribute__((always_inline)) void q4tile2(const Q4Args *a, int r
 
 static void linear_q4_chunk(void *ctx, int p_lo, int p_hi) {
     const Q4Args *a = ctx;
-    int p = p_lo;
-#if QH == 1
-    if (a->n >= Q4_FROM)
-        for (; p + 2 <= p_hi; p += 2) {
-            const int full = a->n & ~3;
-            for (int r0 = 0; r0 < full; r0 += 4) q4tile2(a, r0, p);
-            for (int j = p; j < p + 2; j++) ROW_GROUPS(q4tile, a, j, QROWS, full)
-        }
-#endif
-    for (; p < p_hi; p++) ROW_GROUPS(q4tile, a, p, QROWS, 0)
+    PANELS(q4tile2, 4, Q4_FROM, q4tile, a, p_lo, p_hi)
 }
 
 /* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes) */
