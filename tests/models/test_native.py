@@ -260,6 +260,11 @@ def test_every_drafter_identical_to_none(targets, tokenizer, dev_questions, fmt)
 def test_unsupported_architecture_and_bad_dtype(tmp_path, directory):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MambaForCausalLM"]}))
     assert "MambaForCausalLM is not supported by the native runtime" in unsupported_reason(tmp_path)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 60,
+                                                 "num_attention_heads": 5}))
+    assert "head size that is a multiple of 8, this model's is 12" in unsupported_reason(odd)
     with pytest.raises(ValueError, match="use --backend hf"):
         load_native(tmp_path)
     with pytest.raises(ValueError, match="float32, bfloat16, int8"):

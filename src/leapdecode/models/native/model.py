@@ -18,9 +18,14 @@ def unsupported_reason(directory: Path) -> str | None:
     config_path = Path(directory) / "config.json"
     if not config_path.exists():
         return f"{directory} has no config.json"
-    arch = (json.loads(config_path.read_text()).get("architectures") or ["unknown"])[0]
+    cfg = json.loads(config_path.read_text())
+    arch = (cfg.get("architectures") or ["unknown"])[0]
     if arch not in SUPPORTED:
         return f"architecture {arch} is not supported by the native runtime ({', '.join(SUPPORTED.values())}); use --backend hf"
+    heads = cfg.get("num_attention_heads") or 1
+    head_dim = cfg.get("head_dim") or (cfg.get("hidden_size") or 0) // heads
+    if head_dim % 8:  # attention's vectors (csrc/kernels.c)
+        return f"the native runtime needs a head size that is a multiple of 8, this model's is {head_dim}; use --backend hf"
     return None
 
 
