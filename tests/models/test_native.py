@@ -308,9 +308,15 @@ def test_profile_command(tmp_path, capsys):
         assert r["linear_ms"] > 0 and r["attention_ms"] > 0 and r["floor_ms"] > 0
         assert r["linear_ms"] + r["attention_ms"] <= r["ms"] * 1.05
         assert r["x_floor"] == pytest.approx(r["ms"] / r["floor_ms"])
+        assert r["arith_floor_ms"] > 0
+        assert r["x_max_floor"] == pytest.approx(r["ms"] / max(r["floor_ms"], r["arith_floor_ms"]))
+    # every weight once per input; keys seen: 8 cached + 1 (k = 1), 2 * 8 + 1 + 2 (k = 2)
+    assert rows[1]["macs"]["linear"] == 2 * rows[0]["macs"]["linear"]
+    assert rows[0]["macs"]["attention"] * 19 == rows[1]["macs"]["attention"] * 9
+    assert result["macs_per_s"]["linear"] > 0 and result["macs_per_s"]["attention"] > 0
     assert rows[0]["x_pass_of_1"] == 1.0
     assert (out / "profile.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| k | ms/pass | linear |" in capsys.readouterr().out
+    assert "| k | ms/pass | linear | attention | rest | floor | x floor | arith floor | x max floor |" in capsys.readouterr().out
     assert main(["profile", "--ks", "0,1"]) == 2
     assert "--ks takes integers >= 1" in capsys.readouterr().err
 

@@ -2,8 +2,11 @@
 
 For each pass width k (k query tokens after `--context` cached ones) it times `--repeat` passes and
 splits each into linear layers, attention and the rest (norms, rope, cache writes, residuals), by
-the kernels' own timers. The floor is the bytes one pass must read (every weight once, plus each
-query's K/V) over the read bandwidth measured on the spot; `x floor` is how far a pass is from it.
+the kernels' own timers. The floor is the bytes one pass must read (every weight once, plus the
+cached K/V once: the pass's queries share them) over the read bandwidth measured on the spot; `x floor` is how far a pass is from it.
+The arithmetic floor is the pass's multiply-adds over the rate at which the kernels' threads do the
+weight format's multiply-add step from registers (fp32 FMAs for attention), also measured on the
+spot: no pass can beat the larger of the two floors (`x max floor`).
 
     leapdecode profile --dtype bfloat16 --ks 1,2,4,8,16,32,64 --out runs/profile
     -> runs/profile/profile.json, profile.md, profile.png
@@ -90,13 +93,30 @@ def measure(target: Any, ks: list[int], context: int, repeat: int, log: Any = No
     from ..models.native import ops
 
     bandwidth = ops.read_bandwidth()
+    rates = {"linear": ops.arithmetic_rate(target.dtype), "attention": ops.arithmetic_rate("float32")}
     with target.decoding():  # as the engine runs passes: torch's own threads idle, not spinning
         rows = _passes(target, ks, context, repeat, bandwidth, log)
     one = rows[0]["ms"] if rows[0]["k"] == 1 else None
     for row in rows:
+        macs = pass_macs(target, row["k"], context)
+        row["macs"] = macs
+        row["arith_floor_ms"] = sum(macs[part] / rates[part] for part in rates) * 1e3
         row["x_floor"] = row["ms"] / row["floor_ms"]
+        row["x_max_floor"] = row["ms"] / max(row["floor_ms"], row["arith_floor_ms"])
         row["x_pass_of_1"] = row["ms"] / one if one else None
-    return {"bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": target.weight_bytes, "passes": rows}
+    return {"bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": target.weight_bytes, "passes": rows,
+            "macs_per_s": rates}
+
+
+def pass_macs(target: Any, k: int, context: int) -> dict[str, int]:
+    """Multiply-adds of a chain of k inputs after `context` cached tokens: the linear layers'
+    (every weight once per input, the head included) and attention's (scores and weighted values of
+    every head over the keys each input sees: the cache, its ancestors and itself)."""
+    m = target.m
+    weights = [m.head] + [w for layer in m.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    keys = k * context + k * (k + 1) // 2
+    return {"linear": k * sum(w.shape[0] * w.shape[1] for w in weights),
+            "attention": len(m.layers) * m.heads * m.head_dim * 2 * keys}
 
 
 def _passes(target: Any, ks: list[int], context: int, repeat: int, bandwidth: float, log: Any) -> list[dict]:
@@ -124,7 +144,7 @@ def _passes(target: Any, ks: list[int], context: int, repeat: int, bandwidth: fl
         wall = statistics.median(walls)
         linear = statistics.median(s["linear"] for s in splits)
         attention = statistics.median(s["attention"] for s in splits)
-        floor_bytes = target.weight_bytes + k * target.cache_bytes(context)
+        floor_bytes = target.weight_bytes + target.cache_bytes(context)
         floor = floor_bytes / bandwidth * 1e3
         rows.append({"k": k, "ms": wall, "linear_ms": linear, "attention_ms": attention,
                      "rest_ms": max(0.0, wall - linear - attention), "floor_ms": floor, "bytes": floor_bytes})
@@ -135,18 +155,22 @@ def _passes(target: Any, ks: list[int], context: int, repeat: int, bandwidth: fl
 
 def table(result: dict[str, Any]) -> str:
     s = result.get("settings", {})
-    head = ["k", "ms/pass", "linear", "attention", "rest", "floor", "x floor", "x pass of 1", "ms/token"]
+    head = ["k", "ms/pass", "linear", "attention", "rest", "floor", "x floor", "arith floor", "x max floor",
+            "x pass of 1", "ms/token"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
     for r in result["passes"]:
         cells = [str(r["k"]), f"{r['ms']:.2f}", f"{r['linear_ms']:.2f}", f"{r['attention_ms']:.2f}",
                  f"{r['rest_ms']:.2f}", f"{r['floor_ms']:.2f}", f"{r['x_floor']:.2f}x",
+                 f"{r['arith_floor_ms']:.2f}", f"{r['x_max_floor']:.2f}x",
                  "n/a" if r["x_pass_of_1"] is None else f"{r['x_pass_of_1']:.2f}x", f"{r['ms'] / r['k']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"{s.get('model', '?')} {s.get('dtype', '?')}, {s.get('threads', '?')} threads, "
                  f"{s.get('context', '?')} cached tokens; weights {result['weight_bytes'] / 1e6:.1f} MB, "
-                 f"read bandwidth {result['bandwidth_gb_s']:.1f} GB/s (measured now); "
-                 "floor = bytes read / bandwidth; times are medians")
+                 f"read bandwidth {result['bandwidth_gb_s']:.1f} GB/s, multiply-adds "
+                 f"{result['macs_per_s']['linear'] / 1e9:.0f} G/s ({s.get('dtype', '?')} step) and "
+                 f"{result['macs_per_s']['attention'] / 1e9:.0f} G/s (fp32, attention), measured now; "
+                 "floor = bytes read / bandwidth; arith floor = multiply-adds / rate; times are medians")
     return "\n".join(lines)
 
 
@@ -165,6 +189,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.bar([str(k) for k in ks], values, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.plot([str(k) for k in ks], [r["floor_ms"] for r in rows], "k--", marker="o", label="weight-read floor")
+    ax.plot([str(k) for k in ks], [r["arith_floor_ms"] for r in rows], "k:", marker="s", label="arithmetic floor")
     s = result.get("settings", {})
     ax.set_xlabel("tokens per pass (k)")
     ax.set_ylabel("ms per pass")

@@ -41,9 +41,10 @@ SIGNATURES = {
     "get_profile": [_P],
     "model_forward": [_P, _P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _P],
     "stream_sum": [_P, ctypes.c_long],
+    "peak_macs": [_I, ctypes.c_long],
 }
 RESULTS = {"model_forward": ctypes.c_int, "linear_bf16": ctypes.c_int, "linear_q8": ctypes.c_int,
-           "linear_q4": ctypes.c_int, "stream_sum": ctypes.c_double}  # the rest return nothing
+           "linear_q4": ctypes.c_int, "stream_sum": ctypes.c_double, "peak_macs": ctypes.c_double}  # the rest return nothing
 
 
 def _cpu_flags() -> str:

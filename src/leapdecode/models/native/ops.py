@@ -227,6 +227,19 @@ def read_bandwidth(megabytes: int = 512, repeat: int = 5) -> float:
     return x.numel() * 4 / best
 
 
+def arithmetic_rate(fmt: str, steps: int = 200_000, repeat: int = 5) -> float:
+    """Multiply-adds per second that the kernels' threads do with the multiply-add step of weights
+    in format `fmt` (float32 FMAs for float32 and int8), from registers: the arithmetic ceiling."""
+    import time
+
+    best = 0.0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        macs = kernels().peak_macs(_FMT[fmt], steps)
+        best = max(best, macs / (time.perf_counter() - start))
+    return best
+
+
 def profile(on: bool) -> None:
     """Start (and zero) or stop the kernels' per-category timers."""
     kernels().set_profile(int(on))

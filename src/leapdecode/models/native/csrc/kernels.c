@@ -1326,6 +1326,67 @@ double stream_sum(const float *x, long n) {
     return total;
 }
 
+/* The arithmetic probe of `leapdecode profile`: every thread runs `steps` rounds of the kernels' own
+ * multiply-add step for weights of format fmt (float32 and int8: an fp32 FMA; bfloat16: bmac; W8A8
+ * and W4A8: qmac) on 12 independent register accumulators. Returns the multiply-adds done (the
+ * caller times the call). */
+typedef struct { int fmt; long steps; double macs; float out[MAX_THREADS]; } PeakArgs;
+
+#define PEAK12(T, INIT, STEP, SUM) /* INIT(i): distinct starts, so the compiler keeps 12 chains */   \
+    {                                                                                                \
+        T a0 = INIT(0), a1 = INIT(1), a2 = INIT(2), a3 = INIT(3), a4 = INIT(4), a5 = INIT(5);        \
+        T a6 = INIT(6), a7 = INIT(7), a8 = INIT(8), a9 = INIT(9), a10 = INIT(10), a11 = INIT(11);    \
+        for (long i = 0; i < p->steps; i++) {                                                        \
+            a0 = STEP(a0); a1 = STEP(a1); a2 = STEP(a2); a3 = STEP(a3); a4 = STEP(a4); a5 = STEP(a5);   \
+            a6 = STEP(a6); a7 = STEP(a7); a8 = STEP(a8); a9 = STEP(a9); a10 = STEP(a10); a11 = STEP(a11); \
+        }                                                                                            \
+        sum = SUM(a0) + SUM(a1) + SUM(a2) + SUM(a3) + SUM(a4) + SUM(a5) + SUM(a6) + SUM(a7) + SUM(a8) + \
+              SUM(a9) + SUM(a10) + SUM(a11);                                                         \
+    }
+
+static inline float first_f(const void *v) { float f; memcpy(&f, v, sizeof f); return f; }
+
+static void peak_chunk(void *ctx, int t_lo, int t_hi) {
+    PeakArgs *p = ctx;
+    static const uint8_t bytes[64] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    static const uint16_t halves[32] = {0x3f80, 0x3f80};
+    static const uint32_t pair = 0x3f803f80u;
+    for (int t = t_lo; t < t_hi; t++) {
+        float sum = 0;
+        if (p->fmt == BF16) {
+            const bx x = bx_bcast(&pair);
+            const bw w = bw_load(halves);
+#define BSTEP(a) bmac(a, x, w)
+#define BSUM(a) first_f(&a)
+#define BINIT(i) ((bacc){(float)(i)})
+            PEAK12(bacc, BINIT, BSTEP, BSUM)
+        } else if (p->fmt == Q8 || p->fmt == Q4) {
+            const qx x = qx_bcast(bytes);
+            const qw w = qw_load((const int8_t *)bytes);
+#define QSTEP(a) qmac(a, x, w)
+#define QSUM(a) first_f(&a)
+#define QINIT(i) ((qacc){i})
+            PEAK12(qacc, QINIT, QSTEP, QSUM)
+        } else {
+            const vec x = loadv(F32, (const char *)halves, 0), w = x;
+#define FSTEP(a) vfma(x, w, a)
+#define FSUM(a) first_f(&a)
+#define FINIT(i) ((vec){(float)(i)})
+            PEAK12(vec, FINIT, FSTEP, FSUM)
+        }
+        p->out[t] = sum;
+    }
+}
+
+double peak_macs(int fmt, long steps) {
+    PeakArgs a;
+    memset(&a, 0, sizeof a);
+    a.fmt = fmt, a.steps = steps;
+    parallel_for(g_threads, peak_chunk, &a);
+    const double per = fmt == BF16 ? sizeof(bacc) / 4 * 2 : fmt == Q8 || fmt == Q4 ? sizeof(qacc) / 4 * 4 : LANES;
+    return (double)g_threads * steps * 12 * per;
+}
+
 /* the threads of every kernel above, the caller included (the split never changes an output's
  * arithmetic); workers are started once and kept */
 void set_threads(int n) {
