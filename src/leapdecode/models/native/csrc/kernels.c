@@ -136,43 +136,29 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* e^x on 8 lanes: range reduction by ln 2 and a degree-5 minimax polynomial (Cephes' expf
- * coefficients), about 1 ulp; every caller runs whole 8-lane vectors (tails padded), so each element
- * gets the same arithmetic wherever it sits. */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
+/* e^x on 8 lanes (exp8) and on 16 (exp16, where the CPU has AVX-512): range reduction by ln 2 and a
+ * degree-5 minimax polynomial (Cephes' expf coefficients), about 1 ulp; the callers run whole
+ * vectors (tails padded), so each element gets the same arithmetic wherever it sits. */
+#define EXP_STEPS(W, FLOOR) /* one body for every vector width: each element takes the same steps */     \
+    {                                                                                                    \
+        x = _mm##W##_min_ps(_mm##W##_max_ps(x, _mm##W##_set1_ps(-87.3f)), _mm##W##_set1_ps(88.3f));        \
+        __m##W n = FLOOR(_mm##W##_fmadd_ps(x, _mm##W##_set1_ps(1.44269504088896341f), _mm##W##_set1_ps(0.5f))); \
+        __m##W r = _mm##W##_fnmadd_ps(n, _mm##W##_set1_ps(0.693359375f), x);                               \
+        r = _mm##W##_fnmadd_ps(n, _mm##W##_set1_ps(-2.12194440e-4f), r);                                   \
+        __m##W y = _mm##W##_set1_ps(1.9875691500e-4f);                                                      \
+        y = _mm##W##_fmadd_ps(y, r, _mm##W##_set1_ps(1.3981999507e-3f));                                   \
+        y = _mm##W##_fmadd_ps(y, r, _mm##W##_set1_ps(8.3334519073e-3f));                                   \
+        y = _mm##W##_fmadd_ps(y, r, _mm##W##_set1_ps(4.1665795894e-2f));                                   \
+        y = _mm##W##_fmadd_ps(y, r, _mm##W##_set1_ps(1.6666665459e-1f));                                   \
+        y = _mm##W##_fmadd_ps(y, r, _mm##W##_set1_ps(5.0000001201e-1f));                                   \
+        y = _mm##W##_fmadd_ps(y, _mm##W##_mul_ps(r, r), _mm##W##_add_ps(r, _mm##W##_set1_ps(1.f)));         \
+        __m##W##i e = _mm##W##_slli_epi32(_mm##W##_add_epi32(_mm##W##_cvtps_epi32(n), _mm##W##_set1_epi32(127)), 23); \
+        return _mm##W##_mul_ps(y, _mm##W##_castsi##W##_ps(e));                                               \
+    }
+static inline __m256 exp8(__m256 x) EXP_STEPS(256, _mm256_floor_ps)
 #if defined(__AVX512F__)
-/* exp8's steps on 16 lanes: each element gets the same result as through exp8 */
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-    __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-                                    _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-}
+#define FLOOR16(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
+static inline __m512 exp16(__m512 x) EXP_STEPS(512, FLOOR16) /* exp8 on 16 lanes */
 #endif
 
 /* v[0..m-1] = exp(v - shift) in 16- and 8-lane vectors (the tail through a padded copy) */
@@ -1330,9 +1316,9 @@ double stream_sum(const float *x, long n) {
  * multiply-add step for weights of format fmt (float32 and int8: an fp32 FMA; bfloat16: bmac; W8A8
  * and W4A8: qmac) on 12 independent register accumulators. Returns the multiply-adds done (the
  * caller times the call). */
-typedef struct { int fmt; long steps; double macs; float out[MAX_THREADS]; } PeakArgs;
+typedef struct { int fmt; long steps; float out[MAX_THREADS]; } PeakArgs;
 
-#define PEAK12(T, INIT, STEP, SUM) /* INIT(i): distinct starts, so the compiler keeps 12 chains */   \
+#define PEAK12(T, INIT, STEP) /* INIT(i): distinct starts, so the compiler keeps 12 chains */        \
     {                                                                                                \
         T a0 = INIT(0), a1 = INIT(1), a2 = INIT(2), a3 = INIT(3), a4 = INIT(4), a5 = INIT(5);        \
         T a6 = INIT(6), a7 = INIT(7), a8 = INIT(8), a9 = INIT(9), a10 = INIT(10), a11 = INIT(11);    \
@@ -1340,11 +1326,11 @@ typedef struct { int fmt; long steps; double macs; float out[MAX_THREADS]; } Pea
             a0 = STEP(a0); a1 = STEP(a1); a2 = STEP(a2); a3 = STEP(a3); a4 = STEP(a4); a5 = STEP(a5);   \
             a6 = STEP(a6); a7 = STEP(a7); a8 = STEP(a8); a9 = STEP(a9); a10 = STEP(a10); a11 = STEP(a11); \
         }                                                                                            \
-        sum = SUM(a0) + SUM(a1) + SUM(a2) + SUM(a3) + SUM(a4) + SUM(a5) + SUM(a6) + SUM(a7) + SUM(a8) + \
-              SUM(a9) + SUM(a10) + SUM(a11);                                                         \
+        sum = first_f(&a0) + first_f(&a1) + first_f(&a2) + first_f(&a3) + first_f(&a4) + first_f(&a5) + \
+              first_f(&a6) + first_f(&a7) + first_f(&a8) + first_f(&a9) + first_f(&a10) + first_f(&a11); \
     }
 
-static inline float first_f(const void *v) { float f; memcpy(&f, v, sizeof f); return f; }
+static inline float first_f(const void *v) { float f; memcpy(&f, v, sizeof f); return f; } /* keeps a result */
 
 static void peak_chunk(void *ctx, int t_lo, int t_hi) {
     PeakArgs *p = ctx;
@@ -1357,22 +1343,19 @@ static void peak_chunk(void *ctx, int t_lo, int t_hi) {
             const bx x = bx_bcast(&pair);
             const bw w = bw_load(halves);
 #define BSTEP(a) bmac(a, x, w)
-#define BSUM(a) first_f(&a)
 #define BINIT(i) ((bacc){(float)(i)})
-            PEAK12(bacc, BINIT, BSTEP, BSUM)
+            PEAK12(bacc, BINIT, BSTEP)
         } else if (p->fmt == Q8 || p->fmt == Q4) {
             const qx x = qx_bcast(bytes);
             const qw w = qw_load((const int8_t *)bytes);
 #define QSTEP(a) qmac(a, x, w)
-#define QSUM(a) first_f(&a)
 #define QINIT(i) ((qacc){i})
-            PEAK12(qacc, QINIT, QSTEP, QSUM)
+            PEAK12(qacc, QINIT, QSTEP)
         } else {
             const vec x = loadv(F32, (const char *)halves, 0), w = x;
 #define FSTEP(a) vfma(x, w, a)
-#define FSUM(a) first_f(&a)
 #define FINIT(i) ((vec){(float)(i)})
-            PEAK12(vec, FINIT, FSTEP, FSUM)
+            PEAK12(vec, FINIT, FSTEP)
         }
         p->out[t] = sum;
     }
