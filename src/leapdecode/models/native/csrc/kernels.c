@@ -887,13 +887,15 @@ typedef struct {
     const float *q, *kc, *vc;
     const int *lo, *hi, *extra, *count, *pos;
     float *out, scale;
-    int heads, kv_heads, d, max_len, max_extra, window, cap, hs, n; /* hs: heads per job */
+    int heads, kv_heads, d, max_len, max_extra, window, cap, hs, n, rows_per_job; /* hs: heads per job */
 } AttentionArgs;
 
 static inline float *out_row(const AttentionArgs *a, int j, int h) { return a->out + ((long)j * a->heads + h) * a->d; }
 
-/* Each job is one query row and HS heads (1 to 3) of one kv group: the keys' and values' loads are
- * shared by the HS heads, and every (query, head) gets the same arithmetic whatever HS is. */
+/* Each job is one query row, or two (ROWS_PER_JOB, AVX-512 only), and HS heads (1 to 3) of one kv
+ * group: the keys' and values' loads are shared by the HS heads, the keys' for the scores also by
+ * the two rows over the cached keys they both see, and every (query, head) gets the same arithmetic
+ * whatever HS and the rows are. */
 #define HS_MAX 3
 
 /* the scores of keys slot[t..t+3] for the HS heads (queries qv[], scores s[] + t): each key's dot
@@ -935,7 +937,7 @@ static inline __m512 hadd16(__m512 a, __m512 b) { /* _mm256_hadd_ps on each 256-
 static inline __attribute__((always_inline)) void qk_block8(int HS, const float *const *qv, float *const *s,
                                                             const float *kb, const int *slot, int t, int d,
                                                             __m128 scale) {
-    __m512 acc[HS_MAX][4];
+    __m512 acc[2 * HS_MAX][4]; /* up to two queries' HS_MAX heads: 24 accumulators */
     const float *kr[8];
     for (int u = 0; u < 8; u++) kr[u] = kb + (long)slot[t + u] * d;
     for (int i = 0; i < HS; i++)
@@ -1043,69 +1045,104 @@ static inline __attribute__((always_inline)) void pv_all(int HS, float *const *p
     }
 }
 
+/* one row's keys in canonical order: its cached slots (from `first`), then its ancestors in the pass;
+ * padded to whole blocks of 8 by repeating the last. Returns the count. */
+static int key_slots(const AttentionArgs *a, int j, int first, int *slot) {
+    int m = 0;
+    for (int i = first; i < a->hi[j]; i++) slot[m++] = i;
+    for (int e = 0; e < a->count[j]; e++) slot[m++] = a->hi[j] + a->extra[j * a->max_extra + e];
+    for (int t = m; t < ((m + 7) & ~7); t++) slot[t] = slot[m - 1]; /* padding: dropped below */
+    return m;
+}
+
+static inline int first_slot(const AttentionArgs *a, int j) {
+    int first = a->lo[j];
+    if (a->window > 0 && a->pos[j] - a->window + 1 > 0) first = a->lo[j] + a->pos[j] - a->window + 1;
+    return first > a->hi[j] ? a->hi[j] : first;
+}
+
+/* the scores of blocks t0 .. t1-1 (multiples of 8) of keys slot[] for NQ query vectors */
+static inline void qk_span(int NQ, const float *const *qv, float *const *s, const float *kb, const int *slot,
+                           int t0, int t1, int d, __m128 scale) {
+#if defined(__AVX512F__)
+    for (int t = t0; t < t1; t += 8) {
+        switch (NQ) {
+        case 1: qk_block8(1, qv, s, kb, slot, t, d, scale); break;
+        case 2: qk_block8(2, qv, s, kb, slot, t, d, scale); break;
+        case 3: qk_block8(3, qv, s, kb, slot, t, d, scale); break;
+        case 4: qk_block8(4, qv, s, kb, slot, t, d, scale); break;
+        case 5: qk_block8(5, qv, s, kb, slot, t, d, scale); break;
+        default: qk_block8(6, qv, s, kb, slot, t, d, scale); break;
+        }
+    }
+#else
+    for (int t = t0; t < t1; t += 4) {
+        if (NQ == 1) qk_block4(1, qv, s, kb, slot, t, d, scale);
+        else if (NQ == 2) qk_block4(2, qv, s, kb, slot, t, d, scale);
+        else qk_block4(3, qv, s, kb, slot, t, d, scale);
+    }
+#endif
+}
+
 static void attention_chunk(void *ctx, int job_lo, int job_hi) {
     const AttentionArgs *a = ctx;
-    const int *lo = a->lo, *hi = a->hi, *extra = a->extra, *count = a->count, *pos = a->pos;
-    const int heads = a->heads, d = a->d, max_len = a->max_len, max_extra = a->max_extra;
-    const int window = a->window, group = heads / a->kv_heads, hs = a->hs, per_group = (group + hs - 1) / hs;
+    const int heads = a->heads, d = a->d, max_len = a->max_len, R = a->rows_per_job;
+    const int group = heads / a->kv_heads, hs = a->hs, per_group = (group + hs - 1) / hs, units = (a->n + R - 1) / R;
     const __m128 scale = _mm_set1_ps(a->scale);
     const long row = a->cap + 8;
-    float *buf = malloc(sizeof(float) * (size_t)row * HS_MAX);
-    int *slot = malloc(sizeof(int) * (size_t)row);
-    for (int job = job_lo; job < job_hi; job++) { /* query j; heads h0 .. h0 + n_h - 1 of kv group g */
-        const int g = job / (a->n * per_group), j = job / per_group % a->n; /* group-major: a thread's
+    float *buf = malloc(sizeof(float) * (size_t)row * HS_MAX * 2);
+    int *slots = malloc(sizeof(int) * (size_t)row * 2);
+    for (int job = job_lo; job < job_hi; job++) { /* rows u R .. u R + R - 1; heads h0 .. h0 + n_h - 1 of group g */
+        const int g = job / (units * per_group), u = job / per_group % units; /* group-major: a thread's
             jobs share their groups' keys and values, which are then read from memory by fewer threads */
         const int h0 = g * group + job % per_group * hs, n_h = group - (h0 - g * group) < hs ? group - (h0 - g * group) : hs;
         const float *kb = a->kc + (long)g * max_len * d, *vb = a->vc + (long)g * max_len * d;
-        int first = lo[j];
-        if (window > 0 && pos[j] - window + 1 > 0) first = lo[j] + pos[j] - window + 1;
-        if (first > hi[j]) first = hi[j];
-        int m = 0;
-        for (int i = first; i < hi[j]; i++) slot[m++] = i;
-        for (int e = 0; e < count[j]; e++) slot[m++] = hi[j] + extra[j * max_extra + e];
-        const int m8 = (m + 7) & ~7;
-        for (int t = m; t < m8; t++) slot[t] = slot[m - 1]; /* whole blocks of 8 keys; padding dropped */
-        const float *qv[HS_MAX];
-        float *s[HS_MAX], *o[HS_MAX];
-        __m256 inv[HS_MAX];
-        for (int i = 0; i < n_h; i++) {
-            qv[i] = a->q + ((long)j * heads + h0 + i) * d;
-            s[i] = buf + i * row;
-            o[i] = out_row(a, j, h0 + i);
+        const int rows = a->n - u * R < R ? a->n - u * R : R;
+        int m[2], first[2], *slot[2];
+        const float *qv[2 * HS_MAX];
+        float *s[2 * HS_MAX], *o[2 * HS_MAX];
+        for (int r = 0; r < rows; r++) {
+            const int j = u * R + r;
+            slot[r] = slots + r * row;
+            first[r] = first_slot(a, j);
+            m[r] = key_slots(a, j, first[r], slot[r]);
+            for (int i = 0; i < n_h; i++) {
+                qv[r * n_h + i] = a->q + ((long)j * heads + h0 + i) * d;
+                s[r * n_h + i] = buf + (r * HS_MAX + i) * row;
+                o[r * n_h + i] = out_row(a, j, h0 + i);
+            }
         }
-#if defined(__AVX512F__)
-        for (int t = 0; t < m8; t += 8) {
-            if (n_h == 1) qk_block8(1, qv, s, kb, slot, t, d, scale);
-            else if (n_h == 2) qk_block8(2, qv, s, kb, slot, t, d, scale);
-            else qk_block8(3, qv, s, kb, slot, t, d, scale);
+        /* the whole blocks of cached keys that both rows see, once for both */
+        int shared = 0;
+        if (rows == 2 && a->lo[u * R] == a->lo[u * R + 1] && a->hi[u * R] == a->hi[u * R + 1] && first[0] == first[1])
+            shared = (a->hi[u * R] - first[0]) & ~7;
+        if (shared) qk_span(2 * n_h, qv, s, kb, slot[0], 0, shared, d, scale);
+        for (int r = 0; r < rows; r++) {
+            const int mr = m[r], m8 = (mr + 7) & ~7;
+            float *const *sr = s + r * n_h;
+            __m256 inv[HS_MAX];
+            qk_span(n_h, qv + r * n_h, sr, kb, slot[r], shared, m8, d, scale);
+            for (int i = 0; i < n_h; i++) { /* softmax, one head at a time */
+                float *si = sr[i];
+                __m256 mx = _mm256_set1_ps(-INFINITY); /* the padding repeats the last score: max unchanged */
+                for (int t = 0; t < m8; t += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(si + t));
+                float lanes[8], top = -INFINITY;
+                _mm256_storeu_ps(lanes, mx);
+                for (int l = 0; l < 8; l++) top = fmaxf(top, lanes[l]);
+                exp_shift(si, mr, top);
+                /* the sum: element t in lane t % 8, in order, then hsum8 (padding adds exact zeros) */
+                for (int t = mr; t < m8; t++) si[t] = 0.f;
+                __m256 sum = _mm256_setzero_ps();
+                for (int t = 0; t < m8; t += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(si + t));
+                inv[i] = _mm256_set1_ps(1.f / hsum8(sum));
+            }
+            if (n_h == 1) pv_all(1, sr, mr, slot[r], vb, d, inv, o + r * n_h);
+            else if (n_h == 2) pv_all(2, sr, mr, slot[r], vb, d, inv, o + r * n_h);
+            else pv_all(3, sr, mr, slot[r], vb, d, inv, o + r * n_h);
         }
-#else
-        for (int t = 0; t < m8; t += 4) {
-            if (n_h == 1) qk_block4(1, qv, s, kb, slot, t, d, scale);
-            else if (n_h == 2) qk_block4(2, qv, s, kb, slot, t, d, scale);
-            else qk_block4(3, qv, s, kb, slot, t, d, scale);
-        }
-#endif
-        for (int i = 0; i < n_h; i++) { /* softmax, one head at a time */
-            float *si = s[i];
-            __m256 mx = _mm256_set1_ps(-INFINITY); /* the padding repeats the last score: max unchanged */
-            for (int t = 0; t < m8; t += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(si + t));
-            float lanes[8], top = -INFINITY;
-            _mm256_storeu_ps(lanes, mx);
-            for (int l = 0; l < 8; l++) top = fmaxf(top, lanes[l]);
-            exp_shift(si, m, top);
-            /* the sum: element t in lane t % 8, in order, then hsum8 (padding adds exact zeros) */
-            for (int t = m; t < m8; t++) si[t] = 0.f;
-            __m256 sum = _mm256_setzero_ps();
-            for (int t = 0; t < m8; t += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(si + t));
-            inv[i] = _mm256_set1_ps(1.f / hsum8(sum));
-        }
-        if (n_h == 1) pv_all(1, s, m, slot, vb, d, inv, o);
-        else if (n_h == 2) pv_all(2, s, m, slot, vb, d, inv, o);
-        else pv_all(3, s, m, slot, vb, d, inv, o);
     }
     free(buf);
-    free(slot);
+    free(slots);
 }
 
 void attention(const float *q, int n, int heads, int kv_heads, int d, const float *kc, const float *vc,
@@ -1117,9 +1154,14 @@ void attention(const float *q, int n, int heads, int kv_heads, int d, const floa
     const int group = heads / kv_heads;
     int hs = group < HS_MAX ? group : HS_MAX;
     while (hs > 1 && n * kv_heads * ((group + hs - 1) / hs) < 2 * g_threads) hs--;
+    /* two rows a job where that still leaves every thread two jobs (AVX-512: registers for 6 queries) */
+    int rows_per_job = 1;
+#if defined(__AVX512F__)
+    if ((n + 1) / 2 * kv_heads * ((group + hs - 1) / hs) >= 2 * g_threads) rows_per_job = 2;
+#endif
     AttentionArgs a = {q, kc, vc, lo, hi, extra, count, pos, out, scale, heads, kv_heads, d, max_len, max_extra,
-                       window, widest + max_extra + 1, hs, n};
-    parallel_for(n * kv_heads * ((group + hs - 1) / hs), attention_chunk, &a);
+                       window, widest + max_extra + 1, hs, n, rows_per_job};
+    parallel_for((n + rows_per_job - 1) / rows_per_job * kv_heads * ((group + hs - 1) / hs), attention_chunk, &a);
 }
 
 /* y[n, d] = x * rsqrt(mean(x^2) + eps) * (w + offset); offset = 1 for Gemma's (1 + w) */
