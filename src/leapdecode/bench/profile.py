@@ -3,10 +3,11 @@
 For each pass width k (k query tokens after `--context` cached ones) it times `--repeat` passes and
 splits each into linear layers, attention and the rest (norms, rope, cache writes, residuals), by
 the kernels' own timers. The floor is the bytes one pass must read (every weight once, plus the
-cached K/V once: the pass's queries share them) over the read bandwidth measured on the spot; `x floor` is how far a pass is from it.
-The arithmetic floor is the pass's multiply-adds over the rate at which the kernels' threads do the
-weight format's multiply-add step from registers (fp32 FMAs for attention), also measured on the
-spot: no pass can beat the larger of the two floors (`x max floor`).
+cached K/V once: the pass's queries share them) over the read bandwidth measured on the spot;
+`x floor` is how far a pass is from it. The arithmetic floor is the pass's multiply-adds over the
+rate at which the kernels' threads do the weight format's multiply-add step from registers (fp32
+FMAs for attention), also measured on the spot: no pass can beat the larger of the two floors
+(`x max floor`).
 
     leapdecode profile --dtype bfloat16 --ks 1,2,4,8,16,32,64 --out runs/profile
     -> runs/profile/profile.json, profile.md, profile.png

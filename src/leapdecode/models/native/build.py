@@ -44,7 +44,8 @@ SIGNATURES = {
     "peak_macs": [_I, ctypes.c_long],
 }
 RESULTS = {"model_forward": ctypes.c_int, "linear_bf16": ctypes.c_int, "linear_q8": ctypes.c_int,
-           "linear_q4": ctypes.c_int, "stream_sum": ctypes.c_double, "peak_macs": ctypes.c_double}  # the rest return nothing
+           "linear_q4": ctypes.c_int, "stream_sum": ctypes.c_double,
+           "peak_macs": ctypes.c_double}  # the rest return nothing
 
 
 def _cpu_flags() -> str:

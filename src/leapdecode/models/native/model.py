@@ -25,7 +25,8 @@ def unsupported_reason(directory: Path) -> str | None:
     heads = cfg.get("num_attention_heads") or 1
     head_dim = cfg.get("head_dim") or (cfg.get("hidden_size") or 0) // heads
     if head_dim % 8:  # attention's vectors (csrc/kernels.c)
-        return f"the native runtime needs a head size that is a multiple of 8, this model's is {head_dim}; use --backend hf"
+        return (f"the native runtime needs a head size that is a multiple of 8, this model's is {head_dim}; "
+                "use --backend hf")
     return None
 
 

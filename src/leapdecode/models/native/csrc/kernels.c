@@ -892,7 +892,7 @@ typedef struct {
 
 static inline float *out_row(const AttentionArgs *a, int j, int h) { return a->out + ((long)j * a->heads + h) * a->d; }
 
-/* Each job is one query row, or two (ROWS_PER_JOB, AVX-512 only), and HS heads (1 to 3) of one kv
+/* Each job is one query row, or two (rows_per_job, AVX-512 only), and HS heads (1 to 3) of one kv
  * group: the keys' and values' loads are shared by the HS heads, the keys' for the scores also by
  * the two rows over the cached keys they both see, and every (query, head) gets the same arithmetic
  * whatever HS and the rows are. */
@@ -1055,6 +1055,7 @@ static int key_slots(const AttentionArgs *a, int j, int first, int *slot) {
     return m;
 }
 
+/* the first cached slot query j sees: its sequence's first, or the sliding window's */
 static inline int first_slot(const AttentionArgs *a, int j) {
     int first = a->lo[j];
     if (a->window > 0 && a->pos[j] - a->window + 1 > 0) first = a->lo[j] + a->pos[j] - a->window + 1;
