@@ -359,7 +359,13 @@ static int quantize_rows(const float *x, int n, int in, int stride, int offset, 
     for (int r = 0; r < n; r++) { /* in % 8 == 0 (the native linear's rule) */
         const float *xr = x + (long)r * in;
         __m256 m = _mm256_setzero_ps();
-        for (int k = 0; k < in; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + k)));
+        int k = 0;
+#if defined(__AVX512F__) /* the same operations on 16 lanes (a max is exact in any order) */
+        __m512 m16 = _mm512_setzero_ps();
+        for (; k + 16 <= in; k += 16) m16 = _mm512_max_ps(m16, _mm512_abs_ps(_mm512_loadu_ps(xr + k)));
+        m = _mm256_max_ps(_mm512_castps512_ps256(m16), _mm512_extractf32x8_ps(m16, 1));
+#endif
+        for (; k < in; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + k)));
         float lanes[8], amax = 0.0f;
         _mm256_storeu_ps(lanes, m);
         for (int l = 0; l < 8; l++) amax = fmaxf(amax, lanes[l]);
@@ -367,7 +373,16 @@ static int quantize_rows(const float *x, int n, int in, int stride, int offset, 
         g_sx[r] = amax > 0.0f ? amax / 127.0f : 0.0f;
         uint8_t *q = g_xq + (long)r * stride;
         const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), off = _mm256_set1_epi32(offset);
-        for (int k = 0; k < in; k += 8) { /* round to nearest even (the default rounding mode) */
+        k = 0;
+#if defined(__AVX512F__) /* clamped to -127..127 (+ offset), so the truncating pack to bytes is exact */
+        for (; k + 16 <= in; k += 16) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), _mm512_set1_ps(inv[0])));
+            v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127)),
+                                 _mm512_set1_epi32(offset));
+            _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
+        }
+#endif
+        for (; k < in; k += 8) { /* round to nearest even (the default rounding mode) */
             __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), inv));
             v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi), off);
             __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -419,7 +434,7 @@ static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) {
 }
 #endif
 #define QV (16 / QH) /* outputs per vector */
-#define QAHEAD 2     /* panels the first group of rows fetches ahead */
+#define QAHEAD 2     /* panels the groups of rows fetch ahead */
 
 typedef struct { int n, in, out; const int8_t *w; const float *s, *b; const int *wsum; float *y; } QArgs;
 
@@ -450,19 +465,22 @@ static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc a
     }
 }
 
-/* rows r0..r0+R-1 against panel p. The first group of rows also fetches panel p + QAHEAD, one line
- * per quad: the hardware stops streaming while later groups reread this panel from the cache, and
- * without this the next panel's first group waited on memory (2-3x slower passes of 9-16 rows). */
+/* rows r0..r0+R-1 against panel p. The groups of rows also fetch panel p + QAHEAD, one line per
+ * quad, the groups taking turns (group i the lines i, i + groups, ...): the hardware stops streaming
+ * while later groups reread this panel from the cache, and without this the next panel's first group
+ * waited on memory (2-3x slower passes of 9-16 rows). Spread over all the groups, not issued by the
+ * first alone, the fetches keep memory busy while the later groups compute (W8A8, 30 layers' linears
+ * and the head at 16 rows, medians of 15 in six runs: 3.6-4.3 against 4.1-4.7 ms). */
 static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, int r0, int p) {
-    const int quads = a->in / 4;
+    const int quads = a->in / 4, turns = (a->n + QROWS - 1) / QROWS;
     const int8_t *wp = a->w + (long)p * quads * 64;
-    const char *ahead = r0 == 0 && p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * quads * 64) : NULL;
+    const char *ahead = p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * quads * 64) : NULL;
     const uint8_t *xr = g_xq + (long)r0 * a->in;
     qacc acc[QROWS][QH];
     for (int i = 0; i < R; i++)
         for (int h = 0; h < QH; h++) acc[i][h] = qzero();
-    for (int t = 0; t < quads; t++) {
-        if (ahead) _mm_prefetch(ahead + (long)t * 64, _MM_HINT_T0);
+    for (int t = 0, next = r0 / QROWS; t < quads; t++) {
+        if (ahead && t == next) _mm_prefetch(ahead + (long)t * 64, _MM_HINT_T0), next += turns;
         qw wv[QH];
         for (int h = 0; h < QH; h++) wv[h] = qw_load(wp + t * 64 + h * 32);
         for (int i = 0; i < R; i++) {
@@ -523,7 +541,7 @@ static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, i
 #if QH == 1
 /* 8 rows against panels p and p + 1: each broadcast feeds two multiply-adds (in a tile of one panel
  * the broadcasts, one per multiply-add, capped vpdpbusd's rate at about half). A lane's sum takes the
- * same steps as in qtile. The first group of rows fetches panels p + 2 and p + 3. Used for passes of
+ * same steps as in qtile. The groups of rows fetch panels p + 2 and p + 3 (as in qtile). Used for passes of
  * Q2_FROM rows or more: below, where a pass is bound by memory, it was slower (8 rows: 1.14x). */
 #define Q2_FROM 16
 #define ROWS8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
@@ -531,14 +549,15 @@ static inline __attribute__((always_inline)) void qtile2(const QArgs *a, int r0,
     const int quads = a->in / 4;
     const long in = a->in, ps = (long)quads * 64;
     const int8_t *wp = a->w + (long)p * ps;
-    const char *ahead = r0 == 0 && p + 3 < (a->out + 15) / 16 ? (const char *)(wp + 2 * ps) : NULL;
+    const char *ahead = p + 3 < (a->out + 15) / 16 ? (const char *)(wp + 2 * ps) : NULL;
     const uint8_t *xr = g_xq + (long)r0 * in;
 #define Q2_ZERO(i) qacc c##i##a = qzero(), c##i##b = qzero();
     ROWS8(Q2_ZERO)
-    for (int t = 0; t < quads; t++) {
-        if (ahead) {
+    for (int t = 0, next = r0 / 8; t < quads; t++) {
+        if (ahead && t == next) {
             _mm_prefetch(ahead + (long)t * 64, _MM_HINT_T0);
             _mm_prefetch(ahead + ps + (long)t * 64, _MM_HINT_T0);
+            next += a->n / 8;
         }
         const qw w0 = qw_load(wp + t * 64), w1 = qw_load(wp + ps + t * 64);
 #define Q2_STEP(i)                                                                                         \
@@ -640,19 +659,21 @@ static inline __attribute__((always_inline)) void q4store(const Q4Args *a, qf f,
     for (int u = 0; o + u < a->out; u++) y[u] = a->b ? v[u] * sx + a->b[o + u] : v[u] * sx;
 }
 
-/* rows r0..r0+R-1 against panel p (QV outputs per vector, QH vectors), with the first group of rows
- * fetching panel p + QAHEAD as in qtile */
+/* rows r0..r0+R-1 against panel p (QV outputs per vector, QH vectors), the groups of rows taking
+ * turns to fetch panel p + QAHEAD as in qtile */
 static inline __attribute__((always_inline)) void q4tile(const Q4Args *a, int R, int r0, int p) {
-    const int G = a->groups, stride = 32 * G;
+    const int G = a->groups, stride = 32 * G, turns = (a->n + QROWS - 1) / QROWS;
     const uint8_t *wp = a->w + (long)p * G * Q4_GROUP;
-    const char *ahead = r0 == 0 && p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * G * Q4_GROUP) : NULL;
+    const char *ahead = p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * G * Q4_GROUP) : NULL;
     for (int h = 0; h < QH; h++) {
         qf f[QROWS];
         for (int i = 0; i < R; i++) f[i] = qf_zero();
-        for (int g = 0; g < G; g++) {
+        for (int g = 0, next = r0 / QROWS; g < G; g++) {
             const uint8_t *blk = wp + (long)g * Q4_GROUP;
-            if (ahead && h == 0)
+            if (ahead && h == 0 && g == next) {
                 for (int l = 0; l < Q4_GROUP; l += 64) _mm_prefetch(ahead + (long)g * Q4_GROUP + l, _MM_HINT_T0);
+                next += turns;
+            }
             q4w wq[8];
             for (int v = 0; v < 4; v++) {
                 wq[v] = q4_nibbles(blk + 64 * v + 32 * h, 0);
@@ -683,16 +704,18 @@ static inline __attribute__((always_inline)) void q4tile2(const Q4Args *a, int r
     const int G = a->groups, stride = 32 * G;
     const long ps = (long)G * Q4_GROUP;
     const uint8_t *wa = a->w + (long)p * ps, *wb = wa + ps;
-    const char *ahead = r0 == 0 && p + 3 < (a->out + 15) / 16 ? (const char *)(wa + 2 * ps) : NULL;
+    const char *ahead = p + 3 < (a->out + 15) / 16 ? (const char *)(wa + 2 * ps) : NULL;
 #define Q42_INIT(i) qf f##i##a = qf_zero(), f##i##b = qf_zero(); const uint8_t *x##i = g_xq + (long)(r0 + i) * stride;
     ROWS4(Q42_INIT)
-    for (int g = 0; g < G; g++) {
+    for (int g = 0, next = r0 / 4; g < G; g++) {
         const uint8_t *ba = wa + (long)g * Q4_GROUP, *bb = wb + (long)g * Q4_GROUP;
-        if (ahead)
+        if (ahead && g == next) { /* the groups of rows take turns, as in qtile */
             for (int l = 0; l < Q4_GROUP; l += 64) {
                 _mm_prefetch(ahead + (long)g * Q4_GROUP + l, _MM_HINT_T0);
                 _mm_prefetch(ahead + ps + (long)g * Q4_GROUP + l, _MM_HINT_T0);
             }
+            next += a->n / 4;
+        }
 #define Q42_ZERO(i) qacc d##i##a = qzero(), d##i##b = qzero();
         ROWS4(Q42_ZERO)
         for (int v = 0; v < 4; v++) { /* quads v (low nibbles) and v + 4 (high) of both panels */
@@ -742,7 +765,7 @@ int linear_q4(const float *x, int n, int in, const void *w, const float *b, floa
  * except that it flushes a subnormal sum or product to zero where the FMAs keep it); other CPUs do it
  * with two FMAs. So a row's sums take the same steps in the same order whatever the pass width, and
  * every lane ends holding one output's whole dot product. A tile is up to BROWS rows against one
- * panel, the first group of rows fetching the panel QAHEAD ahead as in qtile. The rounded rows are
+ * panel, the groups of rows taking turns to fetch the panel QAHEAD ahead as in qtile. The rounded rows are
  * stored pair-major, so a tile's broadcasts of one pair read adjacent words off one address. */
 static uint32_t *g_xb; /* [in / 2][n]: pair t of row r (two bfloat16) at t * n + r */
 static long g_xb_cap;
@@ -812,13 +835,14 @@ typedef struct { int n, in, out; const uint16_t *w; const float *b; float *y; } 
 static inline __attribute__((always_inline)) void btile(const BArgs *a, int R, int r0, int p) {
     const int pairs = a->in / 2;
     const uint16_t *wp = a->w + (long)p * pairs * 32;
-    const char *ahead = r0 == 0 && p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * pairs * 32) : NULL;
+    const char *ahead = p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * pairs * 32) : NULL;
     const uint32_t *xr = g_xb + r0;
+    const int turns = (a->n + BROWS - 1) / BROWS;
     bacc acc[BROWS][BH];
     for (int i = 0; i < R; i++)
         for (int h = 0; h < BH; h++) acc[i][h] = bzero();
-    for (int t = 0; t < pairs; t++) {
-        if (ahead) _mm_prefetch(ahead + (long)t * 64, _MM_HINT_T0);
+    for (int t = 0, next = r0 / BROWS; t < pairs; t++) {
+        if (ahead && t == next) _mm_prefetch(ahead + (long)t * 64, _MM_HINT_T0), next += turns;
         bw wv[BH];
         for (int h = 0; h < BH; h++) wv[h] = bw_load(wp + t * 32 + h * 16);
         for (int i = 0; i < R; i++) {
@@ -962,14 +986,21 @@ static inline __attribute__((always_inline)) void qk_block8(int HS, const float 
 }
 #endif
 
-/* o[i][k0 .. k0 + 8C) = inv[i] * sum over t of p[i][t] * V[slot[t]][k0 ..], in order of t */
-static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, float *const *p, int m, const int *slot,
-                                                           const float *vb, int d, int k0, const __m256 *inv,
-                                                           float *const *o) {
-    __m256 acc[HS_MAX][8];
+/* The weighted sum of values: o[i][k0 .. k0 + 8C) = inv[i] * sum over t of p[i][t] * V[slot[t]][k0 ..],
+ * one FMA per key in order of t. A sum may run in two spans of keys (PV_RESUME: start from the sums
+ * a PV_PARTIAL sweep of the keys before left in o, unscaled; a float's store and load are exact), so a
+ * span of keys that several queries see is swept once for all of them: every lane takes the same
+ * FMAs in the same order either way. */
+enum { PV_RESUME = 1, PV_PARTIAL = 2 };
+#define PV_MAX (2 * HS_MAX) /* queries per sweep: HS heads of one row, or of two */
+static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, float *const *p, int t0, int t1,
+                                                           const int *slot, const float *vb, int d, int k0,
+                                                           const __m256 *inv, float *const *o, int mode) {
+    __m256 acc[PV_MAX][8];
     for (int i = 0; i < HS; i++)
-        for (int c = 0; c < C; c++) acc[i][c] = _mm256_setzero_ps();
-    for (int t = 0; t < m; t++) {
+        for (int c = 0; c < C; c++)
+            acc[i][c] = mode & PV_RESUME ? _mm256_loadu_ps(o[i] + k0 + 8 * c) : _mm256_setzero_ps();
+    for (int t = t0; t < t1; t++) {
         const float *vr = vb + (long)slot[t] * d + k0;
         __m256 v[8];
         for (int c = 0; c < C; c++) v[c] = _mm256_loadu_ps(vr + 8 * c);
@@ -979,18 +1010,20 @@ static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, float 
         }
     }
     for (int i = 0; i < HS; i++)
-        for (int c = 0; c < C; c++) _mm256_storeu_ps(o[i] + k0 + 8 * c, _mm256_mul_ps(acc[i][c], inv[i]));
+        for (int c = 0; c < C; c++)
+            _mm256_storeu_ps(o[i] + k0 + 8 * c, mode & PV_PARTIAL ? acc[i][c] : _mm256_mul_ps(acc[i][c], inv[i]));
 }
 
 #if defined(__AVX512F__)
 /* pv_sweep in 16-lane vectors: each output lane takes the same FMAs in the same order */
-static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, float *const *p, int m, const int *slot,
-                                                             const float *vb, int d, int k0, const __m256 *inv,
-                                                             float *const *o) {
-    __m512 acc[HS_MAX][8];
+static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, float *const *p, int t0, int t1,
+                                                             const int *slot, const float *vb, int d, int k0,
+                                                             const __m256 *inv, float *const *o, int mode) {
+    __m512 acc[PV_MAX][8];
     for (int i = 0; i < HS; i++)
-        for (int c = 0; c < C; c++) acc[i][c] = _mm512_setzero_ps();
-    for (int t = 0; t < m; t++) {
+        for (int c = 0; c < C; c++)
+            acc[i][c] = mode & PV_RESUME ? _mm512_loadu_ps(o[i] + k0 + 16 * c) : _mm512_setzero_ps();
+    for (int t = t0; t < t1; t++) {
         const float *vr = vb + (long)slot[t] * d + k0;
         __m512 v[8];
         for (int c = 0; c < C; c++) v[c] = _mm512_loadu_ps(vr + 16 * c);
@@ -1001,47 +1034,50 @@ static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, floa
     }
     for (int i = 0; i < HS; i++) {
         const __m512 s = _mm512_broadcastss_ps(_mm256_castps256_ps128(inv[i]));
-        for (int c = 0; c < C; c++) _mm512_storeu_ps(o[i] + k0 + 16 * c, _mm512_mul_ps(acc[i][c], s));
+        for (int c = 0; c < C; c++)
+            _mm512_storeu_ps(o[i] + k0 + 16 * c, mode & PV_PARTIAL ? acc[i][c] : _mm512_mul_ps(acc[i][c], s));
     }
 }
 #endif
 
-/* the values of HS heads: sweeps of up to 8 lane groups (one head) or 4 (several), a constant count
- * per case so the accumulators stay in registers (lane groups of 16 where the CPU has AVX-512; a
- * last group of 8 then goes as below) */
-static inline __attribute__((always_inline)) void pv_all(int HS, float *const *p, int m, const int *slot,
-                                                         const float *vb, int d, const __m256 *inv, float *const *o) {
+/* the values of HS queries over keys t0..t1-1: sweeps of up to 8 lane groups (one query) or 4
+ * (several), a constant count per case so the accumulators stay in registers (lane groups of 16
+ * where the CPU has AVX-512; a last group of 8 then goes as below) */
+#define PV_CASES(SWEEP, W)                                                                               \
+    while (d - k0 >= (W)) {                                                                              \
+        const int c = (d - k0) / (W) < most ? (d - k0) / (W) : most;                                     \
+        switch (c) {                                                                                     \
+        case 1: SWEEP(HS, 1, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
+        case 2: SWEEP(HS, 2, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
+        case 3: SWEEP(HS, 3, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
+        case 4: SWEEP(HS, 4, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
+        case 5: SWEEP(HS, 5, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
+        case 6: SWEEP(HS, 6, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
+        case 7: SWEEP(HS, 7, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
+        default: SWEEP(HS, 8, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                          \
+        }                                                                                                \
+        k0 += (W) * c;                                                                                   \
+    }
+static inline __attribute__((always_inline)) void pv_all(int HS, float *const *p, int t0, int t1, const int *slot,
+                                                         const float *vb, int d, const __m256 *inv, float *const *o,
+                                                         int mode) {
     const int most = HS == 1 ? 8 : 4;
     int k0 = 0;
 #if defined(__AVX512F__)
-    while (d - k0 >= 16) {
-        const int c = (d - k0) / 16 < most ? (d - k0) / 16 : most;
-        switch (c) {
-        case 1: pv_sweep16(HS, 1, p, m, slot, vb, d, k0, inv, o); break;
-        case 2: pv_sweep16(HS, 2, p, m, slot, vb, d, k0, inv, o); break;
-        case 3: pv_sweep16(HS, 3, p, m, slot, vb, d, k0, inv, o); break;
-        case 4: pv_sweep16(HS, 4, p, m, slot, vb, d, k0, inv, o); break;
-        case 5: pv_sweep16(HS, 5, p, m, slot, vb, d, k0, inv, o); break;
-        case 6: pv_sweep16(HS, 6, p, m, slot, vb, d, k0, inv, o); break;
-        case 7: pv_sweep16(HS, 7, p, m, slot, vb, d, k0, inv, o); break;
-        default: pv_sweep16(HS, 8, p, m, slot, vb, d, k0, inv, o); break;
-        }
-        k0 += 16 * c;
-    }
+    PV_CASES(pv_sweep16, 16)
 #endif
-    while (k0 < d) {
-        const int c = (d - k0) / 8 < most ? (d - k0) / 8 : most;
-        switch (c) {
-        case 1: pv_sweep(HS, 1, p, m, slot, vb, d, k0, inv, o); break;
-        case 2: pv_sweep(HS, 2, p, m, slot, vb, d, k0, inv, o); break;
-        case 3: pv_sweep(HS, 3, p, m, slot, vb, d, k0, inv, o); break;
-        case 4: pv_sweep(HS, 4, p, m, slot, vb, d, k0, inv, o); break;
-        case 5: pv_sweep(HS, 5, p, m, slot, vb, d, k0, inv, o); break;
-        case 6: pv_sweep(HS, 6, p, m, slot, vb, d, k0, inv, o); break;
-        case 7: pv_sweep(HS, 7, p, m, slot, vb, d, k0, inv, o); break;
-        default: pv_sweep(HS, 8, p, m, slot, vb, d, k0, inv, o); break;
-        }
-        k0 += 8 * c;
+    PV_CASES(pv_sweep, 8)
+}
+
+/* pv_all for a count of queries known only at run time */
+static void pv_any(int nq, float *const *p, int t0, int t1, const int *slot, const float *vb, int d,
+                   const __m256 *inv, float *const *o, int mode) {
+    switch (nq) {
+    case 1: pv_all(1, p, t0, t1, slot, vb, d, inv, o, mode); break;
+    case 2: pv_all(2, p, t0, t1, slot, vb, d, inv, o, mode); break;
+    case 3: pv_all(3, p, t0, t1, slot, vb, d, inv, o, mode); break;
+    case 4: pv_all(4, p, t0, t1, slot, vb, d, inv, o, mode); break;
+    default: pv_all(6, p, t0, t1, slot, vb, d, inv, o, mode); break;
     }
 }
 
@@ -1118,10 +1154,10 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
         if (rows == 2 && a->lo[u * R] == a->lo[u * R + 1] && a->hi[u * R] == a->hi[u * R + 1] && first[0] == first[1])
             shared = (a->hi[u * R] - first[0]) & ~7;
         if (shared) qk_span(2 * n_h, qv, s, kb, slot[0], 0, shared, d, scale);
+        __m256 inv[PV_MAX];
         for (int r = 0; r < rows; r++) {
             const int mr = m[r], m8 = (mr + 7) & ~7;
             float *const *sr = s + r * n_h;
-            __m256 inv[HS_MAX];
             qk_span(n_h, qv + r * n_h, sr, kb, slot[r], shared, m8, d, scale);
             for (int i = 0; i < n_h; i++) { /* softmax, one head at a time */
                 float *si = sr[i];
@@ -1135,12 +1171,13 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
                 for (int t = mr; t < m8; t++) si[t] = 0.f;
                 __m256 sum = _mm256_setzero_ps();
                 for (int t = 0; t < m8; t += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(si + t));
-                inv[i] = _mm256_set1_ps(1.f / hsum8(sum));
+                inv[r * n_h + i] = _mm256_set1_ps(1.f / hsum8(sum));
             }
-            if (n_h == 1) pv_all(1, sr, mr, slot[r], vb, d, inv, o + r * n_h);
-            else if (n_h == 2) pv_all(2, sr, mr, slot[r], vb, d, inv, o + r * n_h);
-            else pv_all(3, sr, mr, slot[r], vb, d, inv, o + r * n_h);
         }
+        /* the values: the shared cached keys once for both rows, then each row's own */
+        if (shared) pv_any(2 * n_h, s, 0, shared, slot[0], vb, d, inv, o, PV_PARTIAL);
+        for (int r = 0; r < rows; r++)
+            pv_any(n_h, s + r * n_h, shared, m[r], slot[r], vb, d, inv + r * n_h, o + r * n_h, shared ? PV_RESUME : 0);
     }
     free(buf);
     free(slots);
@@ -1166,12 +1203,44 @@ void attention(const float *q, int n, int heads, int kv_heads, int d, const floa
 }
 
 /* y[n, d] = x * rsqrt(mean(x^2) + eps) * (w + offset); offset = 1 for Gemma's (1 + w) */
+static inline void rmsnorm_row(const float *x, int d, const float *w, float eps, float offset, float *y) {
+    const float inv = 1.f / sqrtf(dot(x, x, d) / d + eps);
+    int k = 0; /* y = x * inv * (w + offset), the same two products and sum per element at any width */
+#if defined(__AVX512F__)
+    for (; k + 16 <= d; k += 16)
+        _mm512_storeu_ps(y + k, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + k), _mm512_set1_ps(inv)),
+                                              _mm512_add_ps(_mm512_loadu_ps(w + k), _mm512_set1_ps(offset))));
+#endif
+    for (; k < d; k++) y[k] = x[k] * inv * (w[k] + offset);
+}
+
 void rmsnorm(const float *x, int n, int d, const float *w, float eps, float offset, float *y) {
-    for (int r = 0; r < n; r++) {
-        const float *xr = x + (long)r * d;
-        float inv = 1.f / sqrtf(dot(xr, xr, d) / d + eps);
-        for (int k = 0; k < d; k++) y[(long)r * d + k] = xr[k] * inv * (w[k] + offset);
+    for (int r = 0; r < n; r++) rmsnorm_row(x + (long)r * d, d, w, eps, offset, y + (long)r * d);
+}
+
+/* The step between two of a layer's linears, each row on its own (threads split the rows):
+ * add = rmsnorm(add, post) (Gemma's post-norms; none: unchanged), x += add, y = rmsnorm(x, norm)
+ * (none: y untouched). With add NULL only the last norm runs. */
+typedef struct { float *x, *add, *y; const float *post, *norm; int d; float eps, offset; } ResArgs;
+
+static void residual_chunk(void *ctx, int r_lo, int r_hi) {
+    const ResArgs *a = ctx;
+    const int d = a->d;
+    for (int r = r_lo; r < r_hi; r++) {
+        float *xr = a->x + (long)r * d;
+        if (a->add) {
+            float *ar = a->add + (long)r * d;
+            if (a->post) rmsnorm_row(ar, d, a->post, a->eps, a->offset, ar);
+            for (int k = 0; k < d; k++) xr[k] += ar[k];
+        }
+        if (a->norm) rmsnorm_row(xr, d, a->norm, a->eps, a->offset, a->y + (long)r * d);
     }
+}
+
+static void residual(float *x, float *add, const float *post, const float *norm, int n, int d, float eps,
+                     float offset, float *y) {
+    ResArgs a = {x, add, y, post, norm, d, eps, offset};
+    parallel_for(n, residual_chunk, &a);
 }
 
 /* gu: [n, 2*m] (gate then up), m % 8 == 0; y[n, m] = act(gate) * up; act 0 = silu, 1 = gelu-tanh
@@ -1216,8 +1285,14 @@ void gated_act(const float *gu, int n, int m, int act, float *y) {
 
 /* x[d] rotated by halves in place: (a, b) -> (a cos - b sin, b cos + a sin) */
 static void rope(float *x, int d, const float *cos, const float *sin) {
-    int half = d / 2;
-    for (int i = 0; i < half; i++) {
+    int half = d / 2, i = 0;
+    for (; i + 8 <= half; i += 8) { /* the same two products and sum per element as below */
+        const __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + half);
+        _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, _mm256_loadu_ps(cos + i)), _mm256_mul_ps(b, _mm256_loadu_ps(sin + i))));
+        _mm256_storeu_ps(x + i + half, _mm256_add_ps(_mm256_mul_ps(b, _mm256_loadu_ps(cos + i + half)),
+                                                     _mm256_mul_ps(a, _mm256_loadu_ps(sin + i + half))));
+    }
+    for (; i < half; i++) {
         float a = x[i], b = x[i + half];
         x[i] = a * cos[i] - b * sin[i];
         x[i + half] = b * cos[i + half] + a * sin[i + half];
@@ -1259,63 +1334,70 @@ typedef struct {
  * sequences may share a pass: no row's arithmetic depends on the others. With `logits`
  * [n - head_from, vocab] (else NULL, as in a prefill) the final norm and the head fill it for
  * inputs head_from..n-1. Returns 0, or -1 if memory ran out. */
+/* rows j of a pass's fused q|k|v outputs: q (normed if the model norms it, rotated) to q, k (the
+ * same) and v to cache slot slot[j] */
+typedef struct { const ModelW *m; const LayerW *L; const float *qkv; float *q; const int *slot, *pos; } QkvArgs;
+
+static void qkv_rows_chunk(void *ctx, int j_lo, int j_hi) {
+    const QkvArgs *a = ctx;
+    const ModelW *m = a->m;
+    const LayerW *L = a->L;
+    const int h = m->heads, kv = m->kv_heads, d = m->d, qkvw = (h + 2 * kv) * d;
+    for (int j = j_lo; j < j_hi; j++) {
+        const float *row = a->qkv + (long)j * qkvw;
+        const float *c = L->cos + (long)a->pos[j] * d, *s = L->sin + (long)a->pos[j] * d;
+        for (int hh = 0; hh < h; hh++) {
+            float *qh = a->q + ((long)j * h + hh) * d;
+            if (L->q_norm) rmsnorm_row(row + hh * d, d, L->q_norm, m->eps, m->norm_offset, qh);
+            else memcpy(qh, row + hh * d, sizeof(float) * d);
+            rope(qh, d, c, s);
+        }
+        for (int g = 0; g < kv; g++) {
+            float *kd = L->kc + ((long)g * m->max_len + a->slot[j]) * d;
+            if (L->k_norm) rmsnorm_row(row + (h + g) * d, d, L->k_norm, m->eps, m->norm_offset, kd);
+            else memcpy(kd, row + (h + g) * d, sizeof(float) * d);
+            rope(kd, d, c, s);
+            memcpy(L->vc + ((long)g * m->max_len + a->slot[j]) * d, row + (h + kv + g) * d, sizeof(float) * d);
+        }
+    }
+}
+
 int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *lo, const int *hi,
                   const int *pos, const int *extra, const int *count, int max_extra, int head_from,
                   float *logits) {
     const int H = m->hidden, h = m->heads, kv = m->kv_heads, d = m->d, qkvw = (h + 2 * kv) * d;
+    const float eps = m->eps, off = m->norm_offset;
     float *t1 = malloc(sizeof(float) * (size_t)n * H), *t2 = malloc(sizeof(float) * (size_t)n * H);
     float *qkv = malloc(sizeof(float) * (size_t)n * qkvw), *att = malloc(sizeof(float) * (size_t)n * h * d);
     float *gu = malloc(sizeof(float) * (size_t)n * 2 * m->inter), *act = malloc(sizeof(float) * (size_t)n * m->inter);
     float *q = malloc(sizeof(float) * (size_t)n * h * d);
     int ok = t1 && t2 && qkv && att && gu && act && q;
+    if (ok && m->n_layers > 0) { TIC; residual(x, NULL, NULL, m->layers[0].attn_norm, n, H, eps, off, t1); TOC(2); }
     for (int li = 0; ok && li < m->n_layers; li++) {
         const LayerW *L = &m->layers[li];
-        { TIC; rmsnorm(x, n, H, L->attn_norm, m->eps, m->norm_offset, t1); TOC(2); }
         if (linear(&L->qkv, t1, n, qkv)) ok = 0;
         {
             TIC;
-            for (int j = 0; j < n; j++) {
-                float *row = qkv + (long)j * qkvw;
-                const float *c = L->cos + (long)pos[j] * d, *s = L->sin + (long)pos[j] * d;
-                for (int hh = 0; hh < h; hh++) {
-                    float *qh = q + ((long)j * h + hh) * d;
-                    if (L->q_norm) rmsnorm(row + hh * d, 1, d, L->q_norm, m->eps, m->norm_offset, qh);
-                    else memcpy(qh, row + hh * d, sizeof(float) * d);
-                    rope(qh, d, c, s);
-                }
-                for (int g = 0; g < kv; g++) {
-                    float *kd = L->kc + ((long)g * m->max_len + slot[j]) * d;
-                    if (L->k_norm) rmsnorm(row + (h + g) * d, 1, d, L->k_norm, m->eps, m->norm_offset, kd);
-                    else memcpy(kd, row + (h + g) * d, sizeof(float) * d);
-                    rope(kd, d, c, s);
-                    memcpy(L->vc + ((long)g * m->max_len + slot[j]) * d, row + (h + kv + g) * d, sizeof(float) * d);
-                }
-            }
+            QkvArgs qa = {m, L, qkv, q, slot, pos};
+            parallel_for(n, qkv_rows_chunk, &qa);
             TOC(2);
         }
         { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, lo, hi, extra, count, max_extra, m->attn_scale,
                          L->window, pos, att); TOC(1); }
         if (linear(&L->o, att, n, t2)) ok = 0;
-        {
-            TIC;
-            if (L->post_attn_norm) rmsnorm(t2, n, H, L->post_attn_norm, m->eps, m->norm_offset, t2);
-            for (long i = 0; i < (long)n * H; i++) x[i] += t2[i];
-            rmsnorm(x, n, H, L->mlp_norm, m->eps, m->norm_offset, t1);
-            TOC(2);
-        }
+        { TIC; residual(x, t2, L->post_attn_norm, L->mlp_norm, n, H, eps, off, t1); TOC(2); }
         if (linear(&L->gu, t1, n, gu)) ok = 0;
         { TIC; gated_act(gu, n, m->inter, m->act, act); TOC(2); }
         if (linear(&L->down, act, n, t2)) ok = 0;
-        {
+        { /* and the next layer's input norm */
             TIC;
-            if (L->post_mlp_norm) rmsnorm(t2, n, H, L->post_mlp_norm, m->eps, m->norm_offset, t2);
-            for (long i = 0; i < (long)n * H; i++) x[i] += t2[i];
+            residual(x, t2, L->post_mlp_norm, li + 1 < m->n_layers ? m->layers[li + 1].attn_norm : NULL, n, H, eps, off, t1);
             TOC(2);
         }
     }
     if (ok && logits && head_from < n) {
         const int rows = n - head_from;
-        { TIC; rmsnorm(x + (long)head_from * H, rows, H, m->final_norm, m->eps, m->norm_offset, t1); TOC(2); }
+        { TIC; rmsnorm(x + (long)head_from * H, rows, H, m->final_norm, eps, off, t1); TOC(2); }
         if (linear(&m->head, t1, rows, logits)) ok = 0;
     }
     free(t1); free(t2); free(qkv); free(att); free(gu); free(act); free(q);
