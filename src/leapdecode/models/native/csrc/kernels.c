@@ -967,6 +967,8 @@ static inline __attribute__((always_inline)) void qk_block8(int HS, const float 
     for (int i = 0; i < HS; i++)
         for (int u = 0; u < 4; u++) acc[i][u] = _mm512_setzero_ps();
     for (int k = 0; k < d; k += 8) {
+        if (k % 16 == 0) /* the next block's keys, where they follow in the cache (a line per 16 floats) */
+            for (int u = 0; u < 8; u++) _mm_prefetch((const char *)(kr[u] + 8 * d + k), _MM_HINT_T0);
         __m512 v[4];
         for (int u = 0; u < 4; u++)
             v[u] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(kr[2 * u] + k)), _mm256_loadu_ps(kr[2 * u + 1] + k), 1);
@@ -1026,6 +1028,7 @@ static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, floa
     for (int t = t0; t < t1; t++) {
         const float *vr = vb + (long)slot[t] * d + k0;
         __m512 v[8];
+        for (int c = 0; c < C; c++) _mm_prefetch((const char *)(vr + 8 * d + 16 * c), _MM_HINT_T0); /* 8 slots on */
         for (int c = 0; c < C; c++) v[c] = _mm512_loadu_ps(vr + 16 * c);
         for (int i = 0; i < HS; i++) {
             const __m512 pt = _mm512_set1_ps(p[i][t]);
