@@ -436,7 +436,16 @@ static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) {
 #define QV (16 / QH) /* outputs per vector */
 #define QAHEAD 2     /* panels the groups of rows fetch ahead */
 
-typedef struct { int n, in, out; const int8_t *w; const float *s, *b; const int *wsum; float *y; } QArgs;
+typedef struct {
+    int n, in, out;
+    const int8_t *w;
+    const float *s, *b;
+    const int *wsum;
+    float *y;
+    int p_end;         /* a thread's own copy: the end of its panels, */
+    const char *after; /* and what it fetches ahead past them (the next layer's first panels), or NULL */
+    const void *next;  /* the Lin that runs next (model_forward), or NULL */
+} QArgs;
 
 /* y = float(dot - 128 * wsum) * sx * sw (+ b) for the QV outputs o.. of row r (the u8 offset of
  * the activations taken back out); only the real outputs are stored */
@@ -474,7 +483,8 @@ static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc a
 static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, int r0, int p) {
     const int quads = a->in / 4, turns = (a->n + QROWS - 1) / QROWS;
     const int8_t *wp = a->w + (long)p * quads * 64;
-    const char *ahead = p + QAHEAD < (a->out + 15) / 16 ? (const char *)(wp + (long)QAHEAD * quads * 64) : NULL;
+    const char *ahead = p + QAHEAD < a->p_end ? (const char *)(wp + (long)QAHEAD * quads * 64)
+                      : a->after ? a->after + (long)(p + QAHEAD - a->p_end) * quads * 64 : NULL;
     const uint8_t *xr = g_xq + (long)r0 * a->in;
     qacc acc[QROWS][QH];
     for (int i = 0; i < R; i++)
@@ -549,7 +559,7 @@ static inline __attribute__((always_inline)) void qtile2(const QArgs *a, int r0,
     const int quads = a->in / 4;
     const long in = a->in, ps = (long)quads * 64;
     const int8_t *wp = a->w + (long)p * ps;
-    const char *ahead = p + 3 < (a->out + 15) / 16 ? (const char *)(wp + 2 * ps) : NULL;
+    const char *ahead = p + 3 < a->p_end ? (const char *)(wp + 2 * ps) : a->after;
     const uint8_t *xr = g_xq + (long)r0 * in;
 #define Q2_ZERO(i) qacc c##i##a = qzero(), c##i##b = qzero();
     ROWS8(Q2_ZERO)
@@ -574,18 +584,29 @@ static inline __attribute__((always_inline)) void qtile2(const QArgs *a, int r0,
 }
 #endif
 
+static const char *first_panels(const void *next, int p_lo, int panels);
+
+/* Each thread fetches ahead within its own panels, and past their end the first panels that the
+ * same thread will read of the next layer (not the panels after its own, which the next thread has
+ * read already) */
 static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
-    const QArgs *a = ctx;
-    PANELS(qtile2, 8, Q2_FROM, qtile, a, p_lo, p_hi)
+    QArgs a = *(const QArgs *)ctx;
+    a.p_end = p_hi, a.after = first_panels(a.next, p_lo, (a.out + 15) / 16);
+    PANELS(qtile2, 8, Q2_FROM, qtile, (&a), p_lo, p_hi)
+}
+
+static int linear_q8_then(const float *x, int n, int in, const void *w, const float *s, const int *wsum,
+                          const float *b, float *y, int out, const void *next) {
+    if (quantize_rows(x, n, in, in, 128, 0)) return -1;
+    QArgs a = {n, in, out, w, s, b, wsum, y, 0, NULL, next};
+    parallel_for((out + 15) / 16, linear_q8_chunk, &a);
+    return 0;
 }
 
 /* w: packed as above ([ceil(out / 16)][in / 4][64] bytes); in % 4 == 0. Threads split the panels. */
 int linear_q8(const float *x, int n, int in, const void *w, const float *s, const int *wsum, const float *b,
               float *y, int out) {
-    if (quantize_rows(x, n, in, in, 128, 0)) return -1;
-    QArgs a = {n, in, out, w, s, b, wsum, y};
-    parallel_for((out + 15) / 16, linear_q8_chunk, &a);
-    return 0;
+    return linear_q8_then(x, n, in, w, s, wsum, b, y, out, NULL);
 }
 
 /* ---- W4A8: 4-bit weights in groups of 32 along k, int8 activations ---------------------------
@@ -880,14 +901,31 @@ typedef struct {
     int out, in, fmt, pad;
 } Lin;
 
-/* 0, or -1 if memory ran out (the 8-bit activations of W8A8 and W4A8) */
-static int linear(const Lin *l, const float *x, int n, float *y) {
+/* The first panels of W8A8 layer `next` (a Lin, or NULL) that the thread whose panels of this layer
+ * (`panels` of them) start at p_lo will read: the same split as parallel_for's */
+static const char *first_panels(const void *next, int p_lo, int panels) {
+    const Lin *l = next;
+    if (!l || l->fmt != Q8) return NULL;
+    const int team = g_threads < panels ? g_threads : panels, next_panels = (l->out + 15) / 16;
+    for (int t = 0; t < team; t++) {
+        int lo, hi;
+        chunk(t, team, panels, &lo, &hi);
+        if (lo != p_lo) continue;
+        chunk(t, g_threads < next_panels ? g_threads : next_panels, next_panels, &lo, &hi);
+        return lo < hi ? (const char *)l->w + (long)lo * l->in * 16 : NULL;
+    }
+    return NULL;
+}
+
+/* 0, or -1 if memory ran out (the 8-bit activations of W8A8 and W4A8); next: the layer that runs
+ * next (its first panels are fetched ahead), or NULL */
+static int linear(const Lin *l, const float *x, int n, float *y, const Lin *next) {
     TIC;
     int err = 0;
     if (l->fmt == F32) linear_f32(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
     else if (l->fmt == BF16) err = linear_bf16(x, n, l->in, l->w, l->bias, y, l->out);
     else if (l->fmt == I8) linear_i8(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
-    else if (l->fmt == Q8) err = linear_q8(x, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out);
+    else if (l->fmt == Q8) err = linear_q8_then(x, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out, next);
     else err = linear_q4(x, n, l->in, l->w, l->bias, y, l->out);
     TOC(0);
     return err;
@@ -1378,7 +1416,7 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
     if (ok && m->n_layers > 0) { TIC; residual(x, NULL, NULL, m->layers[0].attn_norm, n, H, eps, off, t1); TOC(2); }
     for (int li = 0; ok && li < m->n_layers; li++) {
         const LayerW *L = &m->layers[li];
-        if (linear(&L->qkv, t1, n, qkv)) ok = 0;
+        if (linear(&L->qkv, t1, n, qkv, &L->o)) ok = 0;
         {
             TIC;
             QkvArgs qa = {m, L, qkv, q, slot, pos};
@@ -1387,11 +1425,11 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
         }
         { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, lo, hi, extra, count, max_extra, m->attn_scale,
                          L->window, pos, att); TOC(1); }
-        if (linear(&L->o, att, n, t2)) ok = 0;
+        if (linear(&L->o, att, n, t2, &L->gu)) ok = 0;
         { TIC; residual(x, t2, L->post_attn_norm, L->mlp_norm, n, H, eps, off, t1); TOC(2); }
-        if (linear(&L->gu, t1, n, gu)) ok = 0;
+        if (linear(&L->gu, t1, n, gu, &L->down)) ok = 0;
         { TIC; gated_act(gu, n, m->inter, m->act, act); TOC(2); }
-        if (linear(&L->down, act, n, t2)) ok = 0;
+        if (linear(&L->down, act, n, t2, li + 1 < m->n_layers ? &m->layers[li + 1].qkv : logits ? &m->head : NULL)) ok = 0;
         { /* and the next layer's input norm */
             TIC;
             residual(x, t2, L->post_mlp_norm, li + 1 < m->n_layers ? m->layers[li + 1].attn_norm : NULL, n, H, eps, off, t1);
@@ -1401,7 +1439,7 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
     if (ok && logits && head_from < n) {
         const int rows = n - head_from;
         { TIC; rmsnorm(x + (long)head_from * H, rows, H, m->final_norm, eps, off, t1); TOC(2); }
-        if (linear(&m->head, t1, rows, logits)) ok = 0;
+        if (linear(&m->head, t1, rows, logits, NULL)) ok = 0;
     }
     free(t1); free(t2); free(qkv); free(att); free(gu); free(act); free(q);
     return ok ? 0 : -1;
