@@ -1,0 +1,94 @@
+"""Time native passes of two or more builds of the CPU kernels in one process, alternating.
+
+    .venv/bin/python scripts/kernel_ab.py --dtype w8a8 0327310 HEAD . other.c   # revisions, the tree, files
+
+Each revision's csrc/kernels.c (or the tree's, or a .c file named) is compiled with build.py's flags into a temporary directory and
+loaded beside the others; the model is loaded once. Every round runs each build in turn: 5 timed
+passes of 1 input and of 16 (after a warm-up pass each) over `--context` cached tokens. The
+machines are shared and their memory bandwidth moves by 1.5x within minutes, so builds compared in
+separate runs mislead; here they share every minute. Prints the lower quartile and the minimum
+per build, and the ratio of the pass of 16 to the pass of 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import leapdecode.models.native.build as build
+import leapdecode.models.native.ops as ops
+import leapdecode.models.native.target as target_mod
+from leapdecode.models.loading import load_target
+
+SOURCE = "src/leapdecode/models/native/csrc/kernels.c"
+
+
+def compile_rev(rev: str, out: Path) -> Path:
+    source = out / f"{len(list(out.iterdir()))}.c"
+    if rev == "." or rev.endswith(".c"):
+        text = Path(SOURCE if rev == "." else rev).read_text()
+    else:
+        text = subprocess.run(["git", "show", f"{rev}:{SOURCE}"], check=True, capture_output=True, text=True).stdout
+    source.write_text(text)
+    lib = source.with_suffix(".so")
+    subprocess.run(["gcc", *build.FLAGS, str(source), "-o", str(lib), "-lm"], check=True)
+    return lib
+
+
+def load(path: Path) -> build.Kernels:
+    lib = ctypes.CDLL(str(path))
+    for name, args in build.SIGNATURES.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = build.RESULTS.get(name)
+    return build.Kernels(lib)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("revs", nargs="+", help="git revisions, . for the working tree, or kernels.c variants (paths ending in .c)")
+    parser.add_argument("--dtype", default="w8a8")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        builds = {rev: load(compile_rev(rev, Path(tmp))) for rev in args.revs}
+        current = [builds[args.revs[0]]]
+        build.kernels = ops.kernels = target_mod.kernels = lambda: current[0]  # every caller's kernels()
+        target, _ = load_target(args.model, backend="native", dtype=args.dtype, max_len=args.context + 64,
+                                threads=args.threads)
+        for k in builds.values():
+            k.set_threads(args.threads)
+        torch.set_num_threads(1)
+        target.prefill(list(range(1000, 1000 + args.context)))
+        times: dict[str, dict[int, list[float]]] = {rev: {1: [], 16: []} for rev in args.revs}
+        for _ in range(args.rounds):
+            for rev in args.revs:
+                current[0] = builds[rev]
+                for n in (1, 16):
+                    for i in range(6):
+                        start = time.perf_counter()
+                        target.forward(list(range(2000, 2000 + n)), torch.arange(n), None)
+                        elapsed = (time.perf_counter() - start) * 1e3
+                        target.commit([])
+                        if i:
+                            times[rev][n].append(elapsed)
+        print(f"{args.model} {args.dtype}, {args.threads} threads, {args.context} cached, {args.rounds} rounds (ms)")
+        print("| build | k=1 q1 | k=1 min | k=16 q1 | k=16 min | k=16 / k=1 (q1) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for rev in args.revs:
+            one, wide = sorted(times[rev][1]), sorted(times[rev][16])
+            q1, q16 = one[len(one) // 4], wide[len(wide) // 4]
+            print(f"| {rev} | {q1:.2f} | {one[0]:.2f} | {q16:.2f} | {wide[0]:.2f} | {q16 / q1:.2f}x |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
