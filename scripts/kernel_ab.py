@@ -1,13 +1,13 @@
 """Time native passes of two or more builds of the CPU kernels in one process, alternating.
 
-    .venv/bin/python scripts/kernel_ab.py --dtype w8a8 0327310 HEAD . other.c   # revisions, the tree, files
+    .venv/bin/python scripts/kernel_ab.py --dtype w8a8 0327310 HEAD . other.c  # revisions, tree, files
 
-Each revision's csrc/kernels.c (or the tree's, or a .c file named) is compiled with build.py's flags into a temporary directory and
-loaded beside the others; the model is loaded once. Every round runs each build in turn: 5 timed
-passes of 1 input and of 16 (after a warm-up pass each) over `--context` cached tokens. The
-machines are shared and their memory bandwidth moves by 1.5x within minutes, so builds compared in
-separate runs mislead; here they share every minute. Prints the lower quartile and the minimum
-per build, and the ratio of the pass of 16 to the pass of 1.
+Each revision's csrc/kernels.c (or the tree's, or a .c file named) is compiled with build.py's flags
+into a temporary directory and loaded beside the others; the model is loaded once. Every round runs
+each build in turn: 5 timed passes of 1 input and of 16 (after a warm-up pass each) over
+`--context` cached tokens. The machines are shared and their memory bandwidth moves by 1.5x within
+minutes, so builds compared in separate runs mislead; here they share every minute. Prints the lower
+quartile and the minimum per build, and the ratio of the pass of 16 to the pass of 1.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def load(path: Path) -> build.Kernels:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("revs", nargs="+", help="git revisions, . for the working tree, or kernels.c variants (paths ending in .c)")
+    parser.add_argument("revs", nargs="+",
+                        help="git revisions, . for the working tree, or kernels.c variants (paths ending in .c)")
     parser.add_argument("--dtype", default="w8a8")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--rounds", type=int, default=30)
@@ -81,7 +82,7 @@ def main() -> None:
                         target.commit([])
                         if i:
                             times[rev][n].append(elapsed)
-        print(f"{args.model} {args.dtype}, {args.threads} threads, {args.context} cached, {args.rounds} rounds (ms)")
+        print(f"{args.model} {args.dtype}, {args.threads} threads, {args.context} cached, {args.rounds} rounds, ms")
         print("| build | k=1 q1 | k=1 min | k=16 q1 | k=16 min | k=16 / k=1 (q1) |")
         print("|---|---:|---:|---:|---:|---:|")
         for rev in args.revs:

@@ -1329,7 +1329,8 @@ static void rope(float *x, int d, const float *cos, const float *sin) {
     int half = d / 2, i = 0;
     for (; i + 8 <= half; i += 8) { /* the same two products and sum per element as below */
         const __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + half);
-        _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, _mm256_loadu_ps(cos + i)), _mm256_mul_ps(b, _mm256_loadu_ps(sin + i))));
+        _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, _mm256_loadu_ps(cos + i)),
+                                              _mm256_mul_ps(b, _mm256_loadu_ps(sin + i))));
         _mm256_storeu_ps(x + i + half, _mm256_add_ps(_mm256_mul_ps(b, _mm256_loadu_ps(cos + i + half)),
                                                      _mm256_mul_ps(a, _mm256_loadu_ps(sin + i + half))));
     }
@@ -1429,12 +1430,9 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
         { TIC; residual(x, t2, L->post_attn_norm, L->mlp_norm, n, H, eps, off, t1); TOC(2); }
         if (linear(&L->gu, t1, n, gu, &L->down)) ok = 0;
         { TIC; gated_act(gu, n, m->inter, m->act, act); TOC(2); }
-        if (linear(&L->down, act, n, t2, li + 1 < m->n_layers ? &m->layers[li + 1].qkv : logits ? &m->head : NULL)) ok = 0;
-        { /* and the next layer's input norm */
-            TIC;
-            residual(x, t2, L->post_mlp_norm, li + 1 < m->n_layers ? m->layers[li + 1].attn_norm : NULL, n, H, eps, off, t1);
-            TOC(2);
-        }
+        const LayerW *L2 = li + 1 < m->n_layers ? &m->layers[li + 1] : NULL;
+        if (linear(&L->down, act, n, t2, L2 ? &L2->qkv : logits ? &m->head : NULL)) ok = 0;
+        { TIC; residual(x, t2, L->post_mlp_norm, L2 ? L2->attn_norm : NULL, n, H, eps, off, t1); TOC(2); }
     }
     if (ok && logits && head_from < n) {
         const int rows = n - head_from;
