@@ -479,7 +479,7 @@ static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc a
  * while later groups reread this panel from the cache, and without this the next panel's first group
  * waited on memory (2-3x slower passes of 9-16 rows). Spread over all the groups, not issued by the
  * first alone, the fetches keep memory busy while the later groups compute (W8A8, 30 layers' linears
- * and the head at 16 rows, medians of 15 in six runs: 3.6-4.3 against 4.1-4.7 ms). */
+ * and the head at 16 rows, medians of 15, five alternating runs each: 3.55-4.33 against 4.10-4.70 ms). */
 static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, int r0, int p) {
     const int quads = a->in / 4, turns = (a->n + QROWS - 1) / QROWS;
     const int8_t *wp = a->w + (long)p * quads * 64;
