@@ -911,8 +911,10 @@ static const char *first_panels(const void *next, int p_lo, int panels) {
         int lo, hi;
         chunk(t, team, panels, &lo, &hi);
         if (lo != p_lo) continue;
-        chunk(t, g_threads < next_panels ? g_threads : next_panels, next_panels, &lo, &hi);
-        return lo < hi ? (const char *)l->w + (long)lo * l->in * 16 : NULL;
+        const int next_team = g_threads < next_panels ? g_threads : next_panels;
+        if (t >= next_team) return NULL; /* no panels of the next layer for this thread */
+        chunk(t, next_team, next_panels, &lo, &hi);
+        return (const char *)l->w + (long)lo * l->in * 16;
     }
     return NULL;
 }
