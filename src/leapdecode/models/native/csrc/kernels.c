@@ -1164,6 +1164,29 @@ static inline void qk_span(int NQ, const float *const *qv, float *const *s, cons
 #endif
 }
 
+/* softmax of HS heads' scores s[i][0..m-1] (padded to whole blocks of 8) in place, inv[i] = 1 / their
+ * sum; the heads' loops interleaved so that their max and sum chains overlap, each head's steps the
+ * same as alone */
+static inline __attribute__((always_inline)) void softmax_heads(int HS, float *const *s, int m, __m256 *inv) {
+    const int m8 = (m + 7) & ~7;
+    __m256 mx[HS_MAX], sum[HS_MAX];
+    for (int i = 0; i < HS; i++) mx[i] = _mm256_set1_ps(-INFINITY); /* the padding repeats the last score */
+    for (int t = 0; t < m8; t += 8)
+        for (int i = 0; i < HS; i++) mx[i] = _mm256_max_ps(mx[i], _mm256_loadu_ps(s[i] + t));
+    for (int i = 0; i < HS; i++) {
+        float lanes[8], top = -INFINITY;
+        _mm256_storeu_ps(lanes, mx[i]);
+        for (int l = 0; l < 8; l++) top = fmaxf(top, lanes[l]);
+        exp_shift(s[i], m, top);
+        for (int t = m; t < m8; t++) s[i][t] = 0.f;
+        sum[i] = _mm256_setzero_ps();
+    }
+    /* the sum: element t in lane t % 8, in order, then hsum8 (padding adds exact zeros) */
+    for (int t = 0; t < m8; t += 8)
+        for (int i = 0; i < HS; i++) sum[i] = _mm256_add_ps(sum[i], _mm256_loadu_ps(s[i] + t));
+    for (int i = 0; i < HS; i++) inv[i] = _mm256_set1_ps(1.f / hsum8(sum[i]));
+}
+
 static void attention_chunk(void *ctx, int job_lo, int job_hi) {
     const AttentionArgs *a = ctx;
     const int heads = a->heads, d = a->d, max_len = a->max_len, R = a->rows_per_job;
@@ -1202,20 +1225,9 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
             const int mr = m[r], m8 = (mr + 7) & ~7;
             float *const *sr = s + r * n_h;
             qk_span(n_h, qv + r * n_h, sr, kb, slot[r], shared, m8, d, scale);
-            for (int i = 0; i < n_h; i++) { /* softmax, one head at a time */
-                float *si = sr[i];
-                __m256 mx = _mm256_set1_ps(-INFINITY); /* the padding repeats the last score: max unchanged */
-                for (int t = 0; t < m8; t += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(si + t));
-                float lanes[8], top = -INFINITY;
-                _mm256_storeu_ps(lanes, mx);
-                for (int l = 0; l < 8; l++) top = fmaxf(top, lanes[l]);
-                exp_shift(si, mr, top);
-                /* the sum: element t in lane t % 8, in order, then hsum8 (padding adds exact zeros) */
-                for (int t = mr; t < m8; t++) si[t] = 0.f;
-                __m256 sum = _mm256_setzero_ps();
-                for (int t = 0; t < m8; t += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(si + t));
-                inv[r * n_h + i] = _mm256_set1_ps(1.f / hsum8(sum));
-            }
+            if (n_h == 1) softmax_heads(1, sr, mr, inv + r * n_h);
+            else if (n_h == 2) softmax_heads(2, sr, mr, inv + r * n_h);
+            else softmax_heads(3, sr, mr, inv + r * n_h);
         }
         /* the values: the shared cached keys once for both rows, then each row's own */
         if (shared) pv_any(2 * n_h, s, 0, shared, slot[0], vb, d, inv, o, PV_PARTIAL);
