@@ -4,10 +4,10 @@
 
 Each revision's csrc/kernels.c (or the tree's, or a .c file named) is compiled with build.py's flags
 into a temporary directory and loaded beside the others; the model is loaded once. Every round runs
-each build in turn: 5 timed passes of 1 input and of 16 (after a warm-up pass each) over
-`--context` cached tokens. The machines are shared and their memory bandwidth moves by 1.5x within
+each build in turn: 5 timed passes of each width in `--ks` (1 and 16 inputs by default; after a
+warm-up pass each) over `--context` cached tokens. The machines are shared and their memory bandwidth moves by 1.5x within
 minutes, so builds compared in separate runs mislead; here they share every minute. Prints the lower
-quartile and the minimum per build, and the ratio of the pass of 16 to the pass of 1.
+quartile and the minimum per build and width, and the ratio of the widest pass to the narrowest.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ks", default="1,16", help="pass widths, comma-separated; the ratio is last over first")
     args = parser.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         builds = {rev: load(compile_rev(rev, Path(tmp))) for rev in args.revs}
         current = [builds[args.revs[0]]]
@@ -70,11 +72,11 @@ def main() -> None:
             k.set_threads(args.threads)
         torch.set_num_threads(1)
         target.prefill(list(range(1000, 1000 + args.context)))
-        times: dict[str, dict[int, list[float]]] = {rev: {1: [], 16: []} for rev in args.revs}
+        times: dict[str, dict[int, list[float]]] = {rev: {k: [] for k in ks} for rev in args.revs}
         for _ in range(args.rounds):
             for rev in args.revs:
                 current[0] = builds[rev]
-                for n in (1, 16):
+                for n in ks:
                     for i in range(6):
                         start = time.perf_counter()
                         target.forward(list(range(2000, 2000 + n)), torch.arange(n), None)
@@ -83,12 +85,15 @@ def main() -> None:
                         if i:
                             times[rev][n].append(elapsed)
         print(f"{args.model} {args.dtype}, {args.threads} threads, {args.context} cached, {args.rounds} rounds, ms")
-        print("| build | k=1 q1 | k=1 min | k=16 q1 | k=16 min | k=16 / k=1 (q1) |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| build | " + " | ".join(f"k={k} q1 | k={k} min" for k in ks) + f" | k={ks[-1]} / k={ks[0]} (q1) |")
+        print("|---|" + "---:|" * (2 * len(ks) + 1))
         for rev in args.revs:
-            one, wide = sorted(times[rev][1]), sorted(times[rev][16])
-            q1, q16 = one[len(one) // 4], wide[len(wide) // 4]
-            print(f"| {rev} | {q1:.2f} | {one[0]:.2f} | {q16:.2f} | {wide[0]:.2f} | {q16 / q1:.2f}x |")
+            cells, q = [], {}
+            for k in ks:
+                v = sorted(times[rev][k])
+                q[k] = v[len(v) // 4]
+                cells += [f"{q[k]:.2f}", f"{v[0]:.2f}"]
+            print(f"| {rev} | " + " | ".join(cells) + f" | {q[ks[-1]] / q[ks[0]]:.2f}x |")
 
 
 if __name__ == "__main__":
