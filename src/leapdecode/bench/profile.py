@@ -1,7 +1,7 @@
 """`leapdecode profile`: where a pass of the native runtime spends its time.
 
-For each pass width k (k query tokens after `--context` cached ones) it times `--repeat` passes and
-splits each into linear layers, attention and the rest (norms, rope, cache writes, residuals), by
+For each pass width k (k query tokens after `--context` cached ones) it times `--repeat` passes (in
+rounds of one pass per width, so that the widths share the host's minutes) and splits each into linear layers, attention and the rest (norms, rope, cache writes, residuals), by
 the kernels' own timers. The floor is the bytes one pass must read (every weight once, plus the
 cached K/V once: the pass's queries share them) over the read bandwidth measured on the spot;
 `x floor` is how far a pass is from it. The arithmetic floor is the pass's multiply-adds over the
@@ -127,24 +127,28 @@ def _passes(target: Any, ks: list[int], context: int, repeat: int, bandwidth: fl
 
     target.reset()
     target.prefill([i % target.vocab_size for i in range(7, 7 + context)])
-    rows = []
-    for k in ks:
-        tokens = [(11 * i + 3) % target.vocab_size for i in range(k)]
-        depths = torch.arange(k)
-        target.forward(tokens, depths, None)  # warm-up
+    inputs = {k: ([(11 * i + 3) % target.vocab_size for i in range(k)], torch.arange(k)) for k in ks}
+    walls: dict[int, list[float]] = {k: [] for k in ks}
+    splits: dict[int, list[dict[str, float]]] = {k: [] for k in ks}
+    for k in ks:  # warm-up
+        target.forward(*inputs[k], None)
         target.commit([])
-        walls, splits = [], []
-        for _ in range(repeat):
+    # rounds of one pass per width, so that every width sees the same minutes of a host whose speed
+    # drifts (the read bandwidth of these machines moves by 1.5x within minutes)
+    for _ in range(repeat):
+        for k in ks:
             ops.profile(True)
             start = time.perf_counter()
-            target.forward(tokens, depths, None)
-            walls.append((time.perf_counter() - start) * 1e3)
-            splits.append(ops.profile_times())
+            target.forward(*inputs[k], None)
+            walls[k].append((time.perf_counter() - start) * 1e3)
+            splits[k].append(ops.profile_times())
             ops.profile(False)
             target.commit([])
-        wall = statistics.median(walls)
-        linear = statistics.median(s["linear"] for s in splits)
-        attention = statistics.median(s["attention"] for s in splits)
+    rows = []
+    for k in ks:
+        wall = statistics.median(walls[k])
+        linear = statistics.median(s["linear"] for s in splits[k])
+        attention = statistics.median(s["attention"] for s in splits[k])
         floor_bytes = target.weight_bytes + target.cache_bytes(context)
         floor = floor_bytes / bandwidth * 1e3
         rows.append({"k": k, "ms": wall, "linear_ms": linear, "attention_ms": attention,
