@@ -1,8 +1,9 @@
 """`leapdecode profile`: where a pass of the native runtime spends its time.
 
 For each pass width k (k query tokens after `--context` cached ones) it times `--repeat` passes (in
-rounds of one pass per width, so that the widths share the host's minutes) and splits each into linear layers, attention and the rest (norms, rope, cache writes, residuals), by
-the kernels' own timers. The floor is the bytes one pass must read (every weight once, plus the
+rounds of one pass per width, so that the widths share the host's minutes) and splits each into
+linear layers, attention and the rest (norms, rope, cache writes, residuals), by the kernels' own
+timers. The floor is the bytes one pass must read (every weight once, plus the
 cached K/V once: the pass's queries share them) over the read bandwidth measured on the spot;
 `x floor` is how far a pass is from it. The arithmetic floor is the pass's multiply-adds over the
 rate at which the kernels' threads do the weight format's multiply-add step from registers (fp32
@@ -144,13 +145,13 @@ def _passes(target: Any, ks: list[int], context: int, repeat: int, bandwidth: fl
             splits[k].append(ops.profile_times())
             ops.profile(False)
             target.commit([])
+    floor_bytes = target.weight_bytes + target.cache_bytes(context)
+    floor = floor_bytes / bandwidth * 1e3
     rows = []
     for k in ks:
         wall = statistics.median(walls[k])
         linear = statistics.median(s["linear"] for s in splits[k])
         attention = statistics.median(s["attention"] for s in splits[k])
-        floor_bytes = target.weight_bytes + target.cache_bytes(context)
-        floor = floor_bytes / bandwidth * 1e3
         rows.append({"k": k, "ms": wall, "linear_ms": linear, "attention_ms": attention,
                      "rest_ms": max(0.0, wall - linear - attention), "floor_ms": floor, "bytes": floor_bytes})
         if log:

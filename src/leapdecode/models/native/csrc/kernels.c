@@ -64,6 +64,16 @@ static void chunk(int t, int team, int n, int *lo, int *hi) {
     *hi = *lo + q + (t < r);
 }
 
+/* the thread of a team splitting [0, n) whose range starts at lo (-1 if none) */
+static int thread_of(int lo, int team, int n) {
+    for (int t = 0; t < team; t++) {
+        int a, b;
+        chunk(t, team, n, &a, &b);
+        if (a == lo) return t;
+    }
+    return -1;
+}
+
 static void *worker(void *arg) {
     const int t = (int)(intptr_t)arg;
     long seen = g_start[t];
@@ -906,17 +916,12 @@ typedef struct {
 static const char *first_panels(const void *next, int p_lo, int panels) {
     const Lin *l = next;
     if (!l || l->fmt != Q8) return NULL;
-    const int team = g_threads < panels ? g_threads : panels, next_panels = (l->out + 15) / 16;
-    for (int t = 0; t < team; t++) {
-        int lo, hi;
-        chunk(t, team, panels, &lo, &hi);
-        if (lo != p_lo) continue;
-        const int next_team = g_threads < next_panels ? g_threads : next_panels;
-        if (t >= next_team) return NULL; /* no panels of the next layer for this thread */
-        chunk(t, next_team, next_panels, &lo, &hi);
-        return (const char *)l->w + (long)lo * l->in * 16;
-    }
-    return NULL;
+    const int next_panels = (l->out + 15) / 16, next_team = g_threads < next_panels ? g_threads : next_panels;
+    const int t = thread_of(p_lo, g_threads < panels ? g_threads : panels, panels);
+    if (t < 0 || t >= next_team) return NULL; /* no panels of the next layer for this thread */
+    int lo, hi;
+    chunk(t, next_team, next_panels, &lo, &hi);
+    return (const char *)l->w + (long)lo * l->in * 16;
 }
 
 /* 0, or -1 if memory ran out (the 8-bit activations of W8A8 and W4A8); next: the layer that runs
@@ -1384,12 +1389,6 @@ typedef struct {
     Lin head;                /* [vocab, hidden] */
 } ModelW;
 
-/* x [n, hidden]: the embedded inputs, replaced by the last hidden state (before the final norm).
- * Input j sits at position pos[j] and is written to cache slot slot[j] of every layer; it attends
- * to slots lo[j]..hi[j]-1 (its sequence's cache) and hi[j] + extra[j, 0..count[j]-1]. Inputs of several
- * sequences may share a pass: no row's arithmetic depends on the others. With `logits`
- * [n - head_from, vocab] (else NULL, as in a prefill) the final norm and the head fill it for
- * inputs head_from..n-1. Returns 0, or -1 if memory ran out. */
 /* rows j of a pass's fused q|k|v outputs: q (normed if the model norms it, rotated) to q, k (the
  * same) and v to cache slot slot[j] */
 typedef struct { const ModelW *m; const LayerW *L; const float *qkv; float *q; const int *slot, *pos; } QkvArgs;
@@ -1418,6 +1417,12 @@ static void qkv_rows_chunk(void *ctx, int j_lo, int j_hi) {
     }
 }
 
+/* x [n, hidden]: the embedded inputs, replaced by the last hidden state (before the final norm).
+ * Input j sits at position pos[j] and is written to cache slot slot[j] of every layer; it attends
+ * to slots lo[j]..hi[j]-1 (its sequence's cache) and hi[j] + extra[j, 0..count[j]-1]. Inputs of several
+ * sequences may share a pass: no row's arithmetic depends on the others. With `logits`
+ * [n - head_from, vocab] (else NULL, as in a prefill) the final norm and the head fill it for
+ * inputs head_from..n-1. Returns 0, or -1 if memory ran out. */
 int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *lo, const int *hi,
                   const int *pos, const int *extra, const int *count, int max_extra, int head_from,
                   float *logits) {
@@ -1472,11 +1477,8 @@ static void stream_sum_chunk(void *ctx, int c_lo, int c_hi) {
         }
         total += hsum8(_mm256_add_ps(a, b));
     }
-    for (int t = 0; t < p->team; t++) { /* this chunk's thread: the one whose range starts at c_lo */
-        int lo, hi;
-        chunk(t, p->team, p->chunks, &lo, &hi);
-        if (lo == c_lo) { p->part[t] = total; break; }
-    }
+    const int t = thread_of(c_lo, p->team, p->chunks); /* this chunk's thread */
+    if (t >= 0) p->part[t] = total;
 }
 
 double stream_sum(const float *x, long n) {
