@@ -1,10 +1,11 @@
 """Time native passes of two or more builds of the CPU kernels in one process, alternating.
 
     .venv/bin/python scripts/kernel_ab.py --dtype w8a8 0327310 HEAD . other.c  # revisions, tree, files
+    .venv/bin/python scripts/kernel_ab.py --dtype w8a8 --kv float32,bfloat16 .  # the cache's two dtypes
 
 Each revision's csrc/kernels.c (or the tree's, or a .c file named) is compiled with build.py's flags
-into a temporary directory and loaded beside the others; the model is loaded once. Every round runs
-each build in turn: 5 timed passes of each width in `--ks` (1 and 16 inputs by default; after a
+into a temporary directory and loaded beside the others; the model is loaded once per cache dtype
+in `--kv` (a bfloat16 cache needs a build that has one). Every round runs each build and cache in turn: 5 timed passes of each width in `--ks` (1 and 16 inputs by default; after a
 warm-up pass each) over `--context` cached tokens. The machines are shared and their memory bandwidth moves by 1.5x within
 minutes, so builds compared in separate runs mislead; here they share every minute. Prints the lower
 quartile and the minimum per build and width, and the ratio of the widest pass to the narrowest.
@@ -25,7 +26,7 @@ import torch
 import leapdecode.models.native.build as build
 import leapdecode.models.native.ops as ops
 import leapdecode.models.native.target as target_mod
-from leapdecode.models.loading import load_target
+from leapdecode.models.registry import resolve
 
 SOURCE = "src/leapdecode/models/native/csrc/kernels.c"
 
@@ -60,22 +61,27 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ks", default="1,16", help="pass widths, comma-separated; the ratio is last over first")
+    parser.add_argument("--kv", default=None, help="the cache's dtypes, comma-separated (default: the runtime's)")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
+    kvs = args.kv.split(",") if args.kv else [None]
     with tempfile.TemporaryDirectory() as tmp:
         builds = {rev: load(compile_rev(rev, Path(tmp))) for rev in args.revs}
         current = [builds[args.revs[0]]]
         build.kernels = ops.kernels = target_mod.kernels = lambda: current[0]  # every caller's kernels()
-        target, _ = load_target(args.model, backend="native", dtype=args.dtype, max_len=args.context + 64,
-                                threads=args.threads)
+        targets = {kv: target_mod.NativeTarget(resolve(args.model), args.dtype, max_len=args.context + 64,
+                                               threads=args.threads, kv_dtype=kv) for kv in kvs}
         for k in builds.values():
             k.set_threads(args.threads)
         torch.set_num_threads(1)
-        target.prefill(list(range(1000, 1000 + args.context)))
-        times: dict[str, dict[int, list[float]]] = {rev: {k: [] for k in ks} for rev in args.revs}
+        for target in targets.values():
+            target.prefill(list(range(1000, 1000 + args.context)))
+        variants = [(rev, kv) for rev in args.revs for kv in kvs]
+        label = {v: v[0] if v[1] is None else f"{v[0]} kv={v[1]}" for v in variants}
+        times: dict[tuple, dict[int, list[float]]] = {v: {k: [] for k in ks} for v in variants}
         for _ in range(args.rounds):
-            for rev in args.revs:
-                current[0] = builds[rev]
+            for rev, kv in variants:
+                current[0], target = builds[rev], targets[kv]
                 for n in ks:
                     for i in range(6):
                         start = time.perf_counter()
@@ -83,17 +89,17 @@ def main() -> None:
                         elapsed = (time.perf_counter() - start) * 1e3
                         target.commit([])
                         if i:
-                            times[rev][n].append(elapsed)
+                            times[rev, kv][n].append(elapsed)
         print(f"{args.model} {args.dtype}, {args.threads} threads, {args.context} cached, {args.rounds} rounds, ms")
         print("| build | " + " | ".join(f"k={k} q1 | k={k} min" for k in ks) + f" | k={ks[-1]} / k={ks[0]} (q1) |")
         print("|---|" + "---:|" * (2 * len(ks) + 1))
-        for rev in args.revs:
+        for variant in variants:
             cells, q = [], {}
             for k in ks:
-                v = sorted(times[rev][k])
+                v = sorted(times[variant][k])
                 q[k] = v[len(v) // 4]
                 cells += [f"{q[k]:.2f}", f"{v[0]:.2f}"]
-            print(f"| {rev} | " + " | ".join(cells) + f" | {q[ks[-1]] / q[ks[0]]:.2f}x |")
+            print(f"| {label[variant]} | " + " | ".join(cells) + f" | {q[ks[-1]] / q[ks[0]]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ linear layers, attention and the rest (norms, rope, cache writes, residuals), by
 timers. The floor is the bytes one pass must read (every weight once, plus the
 cached K/V once: the pass's queries share them) over the read bandwidth measured on the spot;
 `x floor` is how far a pass is from it. The arithmetic floor is the pass's multiply-adds over the
-rate at which the kernels' threads do the weight format's multiply-add step from registers (fp32
-FMAs for attention), also measured on the spot: no pass can beat the larger of the two floors
+rate at which the kernels' threads do the weight format's multiply-add step from registers (for
+attention: the scores' step, bfloat16 pairs or fp32 FMAs as the cache's dtype has it, and fp32 FMAs for
+the weighted values), also measured on the spot: no pass can beat the larger of the two floors
 (`x max floor`).
 
     leapdecode profile --dtype bfloat16 --ks 1,2,4,8,16,32,64 --out runs/profile
@@ -70,8 +71,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"loading {args.model} ({args.dtype}) on the native runtime ...", file=sys.stderr)
     target = load_native(directory, args.dtype, max_len=args.context + max(ks), threads=args.threads)
     result = measure(target, ks, args.context, args.repeat, log=lambda s: print(s, file=sys.stderr))
-    result["settings"] = {"model": args.model, "dtype": args.dtype, "threads": args.threads,
-                          "context": args.context, "repeat": args.repeat, "ks": ks}
+    result["settings"] = {"model": args.model, "dtype": args.dtype, "kv_dtype": target.kv_dtype,
+                          "threads": args.threads, "context": args.context, "repeat": args.repeat, "ks": ks}
     print(table(result))
     if args.out:
         out = Path(args.out)
@@ -95,7 +96,9 @@ def measure(target: Any, ks: list[int], context: int, repeat: int, log: Any = No
     from ..models.native import ops
 
     bandwidth = ops.read_bandwidth()
-    rates = {"linear": ops.arithmetic_rate(target.dtype), "attention": ops.arithmetic_rate("float32")}
+    fp32 = ops.arithmetic_rate("float32")
+    rates = {"linear": ops.arithmetic_rate(target.dtype), "values": fp32,
+             "scores": ops.arithmetic_rate("bfloat16") if target.kv_dtype == "bfloat16" else fp32}
     with target.decoding():  # as the engine runs passes: torch's own threads idle, not spinning
         rows = _passes(target, ks, context, repeat, bandwidth, log)
     one = rows[0]["ms"] if rows[0]["k"] == 1 else None
@@ -112,13 +115,13 @@ def measure(target: Any, ks: list[int], context: int, repeat: int, log: Any = No
 
 def pass_macs(target: Any, k: int, context: int) -> dict[str, int]:
     """Multiply-adds of a chain of k inputs after `context` cached tokens: the linear layers'
-    (every weight once per input, the head included) and attention's (scores and weighted values of
+    (every weight once per input, the head included) and attention's scores and weighted values (of
     every head over the keys each input sees: the cache, its ancestors and itself)."""
     m = target.m
     weights = [m.head] + [w for layer in m.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     keys = k * context + k * (k + 1) // 2
-    return {"linear": k * sum(w.shape[0] * w.shape[1] for w in weights),
-            "attention": len(m.layers) * m.heads * m.head_dim * 2 * keys}
+    attention = len(m.layers) * m.heads * m.head_dim * keys
+    return {"linear": k * sum(w.shape[0] * w.shape[1] for w in weights), "scores": attention, "values": attention}
 
 
 def _passes(target: Any, ks: list[int], context: int, repeat: int, bandwidth: float, log: Any) -> list[dict]:
@@ -175,7 +178,9 @@ def table(result: dict[str, Any]) -> str:
                  f"{s.get('context', '?')} cached tokens; weights {result['weight_bytes'] / 1e6:.1f} MB, "
                  f"read bandwidth {result['bandwidth_gb_s']:.1f} GB/s, multiply-adds "
                  f"{result['macs_per_s']['linear'] / 1e9:.0f} G/s ({s.get('dtype', '?')} step) and "
-                 f"{result['macs_per_s']['attention'] / 1e9:.0f} G/s (fp32, attention), measured now; "
+                 f"{result['macs_per_s']['scores'] / 1e9:.0f} G/s (attention's scores, "
+                 f"{s.get('kv_dtype', '?')} cache) and {result['macs_per_s']['values'] / 1e9:.0f} G/s "
+                 "(fp32, its weighted values), measured now; "
                  "floor = bytes read / bandwidth; arith floor = multiply-adds / rate; times are medians")
     return "\n".join(lines)
 

@@ -32,7 +32,7 @@ SIGNATURES = {
     "linear_i8": [_P, _I, _I, _P, _P, _P, _P, _I],
     "linear_q8": [_P, _I, _I, _P, _P, _P, _P, _P, _I],
     "linear_q4": [_P, _I, _I, _P, _P, _P, _I],
-    "attention": [_P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P, _I, _F, _I, _P, _P],
+    "attention": [_P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P, _I, _F, _I, _P, _P, _I],
     "rmsnorm": [_P, _I, _I, _P, _F, _F, _P],
     "gated_act": [_P, _I, _I, _I, _P],
     "embed_rows": [_P, _I, _P, _I, _F, _P],

@@ -169,7 +169,7 @@ def gated_act(gu: torch.Tensor, gelu: bool = False) -> torch.Tensor:
 def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cached: int,
               extra: torch.Tensor, count: torch.Tensor, scale: float,
               window: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
-    """q: [n, heads, d]; k_cache, v_cache: [kv_heads, max_len, d] of one layer;
+    """q: [n, heads, d]; k_cache, v_cache: [kv_heads, max_len, d] of one layer, float32 or bfloat16;
     extra: [n, e] int32 slots of each query's ancestors by depth (itself last), count: [n] int32.
     Returns [n, heads, d]: query j over slots 0..cached-1 then extra[j, :count[j]], in that order."""
     n, heads, d = q.shape
@@ -181,7 +181,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cac
     offsets = (extra - cached).to(torch.int32).contiguous()  # the kernel takes them from hi
     kernels().attention(q.data_ptr(), n, heads, kv_heads, d, k_cache.data_ptr(), v_cache.data_ptr(), max_len,
                         lo.data_ptr(), hi.data_ptr(), offsets.data_ptr(), count.data_ptr(), extra.shape[1], scale,
-                        window, pos.data_ptr(), out.data_ptr())
+                        window, pos.data_ptr(), out.data_ptr(), int(k_cache.dtype == torch.bfloat16))
     return out
 
 
@@ -204,7 +204,7 @@ class CLayer(ctypes.Structure):
 class CModel(ctypes.Structure):
     _fields_ = [("n_layers", _CI), ("hidden", _CI), ("heads", _CI), ("kv_heads", _CI), ("d", _CI),
                 ("inter", _CI), ("max_len", _CI), ("act", _CI), ("eps", _CF), ("norm_offset", _CF),
-                ("attn_scale", _CF), ("pad", _CI), ("layers", ctypes.POINTER(CLayer)), ("final_norm", _FP),
+                ("attn_scale", _CF), ("kv_bf16", _CI), ("layers", ctypes.POINTER(CLayer)), ("final_norm", _FP),
                 ("head", CLin)]
 
 

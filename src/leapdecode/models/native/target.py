@@ -1,7 +1,8 @@
 """NativeTarget: the Target protocol (models/base.py) on leapdecode's own kernels.
 
-The cache is static, by slot: [layer, kv_head, slot, head_dim] float32, one region of max_len
-slots per sequence. A pass writes a sequence's inputs' K/V at the slots after its committed ones;
+The cache is static, by slot: [layer, kv_head, slot, head_dim], one region of max_len slots per
+sequence; bfloat16 where the model computes in bfloat16 or 8 or 4 bits, float32 for float32 and int8
+weights (`kv_dtype`). A pass writes a sequence's inputs' K/V at the slots after its committed ones;
 commit copies the kept path down into consecutive slots, so a region always holds its committed
 tokens in order, and a token's attention is bitwise the same computed in a chain, a tree, alone
 after its ancestors were committed, or in a pass with other sequences' inputs (batch.py).
@@ -55,9 +56,10 @@ class NativeTarget:
     backend = "native"
 
     def __init__(self, directory: Path, dtype: str = "bfloat16", max_len: int = 4096, threads: int | None = None,
-                 sequences: int = 1):
+                 sequences: int = 1, kv_dtype: str | None = None):
         """max_len: slots per sequence; sequences: regions of the cache (1 + the sequences that
-        `open_sequence` can hand out at once)."""
+        `open_sequence` can hand out at once); kv_dtype: the cache's, "bfloat16" or "float32"
+        (default: `kv_dtype(dtype, head_dim)`)."""
         if dtype not in ops.FORMATS:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(ops.FORMATS)}")
         self.directory, self.dtype = Path(directory), dtype
@@ -79,8 +81,13 @@ class NativeTarget:
         if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
             raise ValueError(f"sequences must be an integer >= 1, got {sequences!r}")
         self.sequences = sequences
+        self.kv_dtype = kv_dtype or default_kv_dtype(dtype, m.head_dim)
+        if self.kv_dtype not in ("bfloat16", "float32") or (self.kv_dtype == "bfloat16" and m.head_dim % 16):
+            raise ValueError(f"kv_dtype {self.kv_dtype!r}: the cache holds float32, or bfloat16 where the head "
+                             f"size is a multiple of 16 (it is {m.head_dim})")
         shape = (len(m.layers), m.kv_heads, sequences * max_len, m.head_dim)
-        self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)  # [layer, kv_head, slot, d]
+        kv = getattr(torch, self.kv_dtype)
+        self.k_cache, self.v_cache = torch.zeros(shape, dtype=kv), torch.zeros(shape, dtype=kv)  # [layer, kv_head, slot, d]
         self._c_model, self._keep = _c_model(m, self.k_cache, self.v_cache, max_len, sequences * max_len)
         self.regions = [Region(i, i * max_len) for i in range(sequences)]
         self._chains: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # n -> a chain's ancestors
@@ -160,8 +167,8 @@ class NativeTarget:
         return size(m.head) + size(m.norm) + layers
 
     def cache_bytes(self, tokens: int) -> int:
-        """Bytes of K and V one query reads over `tokens` cached tokens (float32)."""
-        return 2 * len(self.m.layers) * self.m.kv_heads * tokens * self.m.head_dim * 4
+        """Bytes of K and V one query reads over `tokens` cached tokens."""
+        return 2 * len(self.m.layers) * self.m.kv_heads * tokens * self.m.head_dim * self.k_cache.element_size()
 
     def commit(self, keep: Sequence[int]) -> None:
         self.commit_region(self._own, keep)
@@ -284,8 +291,16 @@ def _c_model(m: Model, k_cache: torch.Tensor, v_cache: torch.Tensor, max_len: in
     scale = m.attn_scale if m.attn_scale is not None else m.head_dim ** -0.5
     inter = m.layers[0].down.shape[1]
     model = ops.CModel(len(m.layers), m.embed.shape[1], m.heads, m.kv_heads, m.head_dim, inter, slots, m.act,
-                       m.eps, m.norm_offset, scale, 0, layers, m.norm.data_ptr(), ops.c_linear(m.head))
+                       m.eps, m.norm_offset, scale, int(k_cache.dtype == torch.bfloat16), layers, m.norm.data_ptr(),
+                       ops.c_linear(m.head))
     return model, keep
+
+
+def default_kv_dtype(dtype: str, head_dim: int) -> str:
+    """The cache's dtype for weights in format `dtype`: bfloat16 (half the bytes a pass reads per cached
+    token, and dot products of bfloat16 pairs) where the model already rounds its activations to 16
+    bits or fewer (bfloat16, w8a8, w4a8) and the head size is a multiple of 16; else float32."""
+    return "bfloat16" if dtype in ("bfloat16", "w8a8", "w4a8") and head_dim % 16 == 0 else "float32"
 
 
 def _rope_table(theta: float, d: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -819,6 +819,14 @@ static int round_bf16_rows(const float *x, int n, int in) {
     return 0;
 }
 
+/* one float as round_bf16_rows rounds it: a subnormal to a signed zero, then to nearest even */
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (!(u & 0x7f800000u)) u &= 0x80000000u;
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 #if defined(__AVX512F__)
 #define BH 1
 #define BROWS 16 /* 16 accumulators; 8 were too few to cover a pass of 9-16 rows in one group */
@@ -826,6 +834,7 @@ typedef __m512 bacc;
 #define bzero _mm512_setzero_ps
 #if defined(__AVX512BF16__)
 typedef __m512bh bw, bx;
+static inline __attribute__((always_inline)) bw bw_of(__m512i v) { return (bw)v; }
 static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) { return (bw)_mm512_loadu_si512(p); }
 static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) { return (bx)bcast4_512(p); }
 static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) { return _mm512_dpbf16_ps(a, x, w); }
@@ -835,6 +844,7 @@ static inline __attribute__((always_inline)) bw bsplit(__m512i v) {
     return (bw){_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)),
                 _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)))};
 }
+#define bw_of bsplit
 static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) { return bsplit(_mm512_loadu_si512(p)); }
 static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) { return bsplit(bcast4_512(p)); }
 static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) {
@@ -851,6 +861,7 @@ static inline __attribute__((always_inline)) bw bsplit(__m256i v) {
     return (bw){_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
                 _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)))};
 }
+#define bw_of bsplit
 static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) {
     return bsplit(_mm256_loadu_si256((const __m256i *)p));
 }
@@ -944,8 +955,11 @@ static inline float dot(const float *a, const float *b, int d) {
     return hsum8(acc);
 }
 
-/* Attention of n queries over cache slots in canonical order; d % 8 == 0.
- * q: [n, heads, d]; kc, vc: [kv_heads, max_len, d] (this layer); out: [n, heads, d].
+/* Attention of n queries over cache slots in canonical order; d % 8 == 0 (d % 16 == 0 where kvb).
+ * q: [n, heads, d]; kc, vc: [kv_heads, max_len, d] (this layer) float32, or bfloat16 where kvb;
+ * out: [n, heads, d]. With bfloat16 keys the queries are rounded to bfloat16 too and the scores are
+ * dot products of bfloat16 pairs in float32 (bmac: vdpbf16ps, or two FMAs that round the same);
+ * bfloat16 values are widened exactly and weighted in float32 as float32 values are.
  * Query j sees its sequence's cached slots lo[j]..hi[j]-1 (slot lo[j] holds position 0), then the
  * slots hi[j] + extra[j, 0..count[j]-1] (its ancestors in the pass by depth, itself last: offsets
  * from the pass's first slot of its sequence, so a chain's are the same in every pass). Scores, max, exp,
@@ -953,10 +967,11 @@ static inline float dot(const float *a, const float *b, int d) {
  * ancestors are in the pass or already committed, and wherever its sequence sits in the cache.
  * window > 0 keeps only the cache slots of positions > pos[j] - window. */
 typedef struct {
-    const float *q, *kc, *vc;
+    const float *q;
+    const void *kc, *vc;
     const int *lo, *hi, *extra, *count, *pos;
     float *out, scale;
-    int heads, kv_heads, d, max_len, max_extra, window, cap, hs, n, rows_per_job; /* hs: heads per job */
+    int heads, kv_heads, d, max_len, max_extra, window, cap, hs, n, rows_per_job, kvb; /* hs: heads per job */
 } AttentionArgs;
 
 static inline float *out_row(const AttentionArgs *a, int j, int h) { return a->out + ((long)j * a->heads + h) * a->d; }
@@ -970,6 +985,17 @@ static inline float *out_row(const AttentionArgs *a, int j, int h) { return a->o
 /* the scores of keys slot[t..t+3] for the HS heads (queries qv[], scores s[] + t): each key's dot
  * product in 8 lanes over d (ascending), its lanes summed as ((0+1)+(2+3)) + ((4+5)+(6+7)) (the one
  * reduction of every score), times the scale */
+/* scores s[i][t..t+3] from 4 keys' 8-lane accumulators: each key's lanes summed as
+ * ((0+1)+(2+3)) + ((4+5)+(6+7)) (the one reduction of every score), times the scale */
+static inline __attribute__((always_inline)) void qk_store4(int HS, __m256 (*acc)[4], float *const *s, int t,
+                                                            __m128 scale) {
+    for (int i = 0; i < HS; i++) { /* lanes 0-3 of h: each key's (0+1)+(2+3); lanes 4-7: (4+5)+(6+7) */
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[i][0], acc[i][1]), _mm256_hadd_ps(acc[i][2], acc[i][3]));
+        __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        _mm_storeu_ps(s[i] + t, _mm_mul_ps(r, scale));
+    }
+}
+
 static inline __attribute__((always_inline)) void qk_block4(int HS, const float *const *qv, float *const *s,
                                                             const float *kb, const int *slot, int t, int d,
                                                             __m128 scale) {
@@ -989,12 +1015,31 @@ static inline __attribute__((always_inline)) void qk_block4(int HS, const float 
             acc[i][3] = _mm256_fmadd_ps(qk, v3, acc[i][3]);
         }
     }
-    for (int i = 0; i < HS; i++) { /* lanes 0-3 of h: each key's (0+1)+(2+3); lanes 4-7: (4+5)+(6+7) */
-        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[i][0], acc[i][1]), _mm256_hadd_ps(acc[i][2], acc[i][3]));
-        __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        _mm_storeu_ps(s[i] + t, _mm_mul_ps(r, scale));
-    }
+    qk_store4(HS, acc, s, t, scale);
 }
+
+#if !defined(__AVX512F__)
+/* qk_block4 over bfloat16 keys and queries: lane l of a key's accumulator takes the pairs (k + 2l,
+ * k + 2l + 1) for k = 0, 16, 32, .. ascending, through bmac; then the same sums */
+static inline __attribute__((always_inline)) void qk_block4b(int HS, const uint16_t *const *qv, float *const *s,
+                                                             const uint16_t *kb, const int *slot, int t, int d,
+                                                             __m128 scale) {
+    __m256 acc[HS_MAX][4];
+    const uint16_t *kr[4];
+    for (int u = 0; u < 4; u++) kr[u] = kb + (long)slot[t + u] * d;
+    for (int i = 0; i < HS; i++)
+        for (int u = 0; u < 4; u++) acc[i][u] = _mm256_setzero_ps();
+    for (int k = 0; k < d; k += 16) {
+        bw v[4];
+        for (int u = 0; u < 4; u++) v[u] = bw_of(_mm256_loadu_si256((const __m256i *)(kr[u] + k)));
+        for (int i = 0; i < HS; i++) {
+            const bx qk = bw_of(_mm256_loadu_si256((const __m256i *)(qv[i] + k)));
+            for (int u = 0; u < 4; u++) acc[i][u] = bmac(acc[i][u], qk, v[u]);
+        }
+    }
+    qk_store4(HS, acc, s, t, scale);
+}
+#endif
 
 #if defined(__AVX512F__)
 /* qk_block4's arithmetic for keys slot[t..t+7], two keys per 16-lane vector (a key's 8 lanes in one
@@ -1002,6 +1047,18 @@ static inline __attribute__((always_inline)) void qk_block4(int HS, const float 
  * shuffles in place of hadd; half the instructions */
 static inline __m512 hadd16(__m512 a, __m512 b) { /* _mm256_hadd_ps on each 256-bit half */
     return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+/* qk_store4's sums for 8 keys, two per 16-lane accumulator */
+static inline __attribute__((always_inline)) void qk_store8(int HS, __m512 (*acc)[4], float *const *s, int t,
+                                                            __m128 scale) {
+    /* 128-bit lanes of g: [k0 k2 k4 k6] low halves' sums, the same high, [k1 k3 k5 k7] low, high */
+    const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256 sc = _mm256_set_m128(scale, scale);
+    for (int i = 0; i < HS; i++) {
+        const __m512 g = hadd16(hadd16(acc[i][0], acc[i][1]), hadd16(acc[i][2], acc[i][3]));
+        const __m512 r = _mm512_add_ps(g, _mm512_shuffle_f32x4(g, g, _MM_SHUFFLE(2, 3, 0, 1)));
+        _mm256_storeu_ps(s[i] + t, _mm256_mul_ps(_mm512_castps512_ps256(_mm512_permutexvar_ps(order, r)), sc));
+    }
 }
 static inline __attribute__((always_inline)) void qk_block8(int HS, const float *const *qv, float *const *s,
                                                             const float *kb, const int *slot, int t, int d,
@@ -1022,14 +1079,31 @@ static inline __attribute__((always_inline)) void qk_block8(int HS, const float 
             for (int u = 0; u < 4; u++) acc[i][u] = _mm512_fmadd_ps(qk, v[u], acc[i][u]);
         }
     }
-    /* 128-bit lanes of g: [k0 k2 k4 k6] low halves' sums, the same high, [k1 k3 k5 k7] low, high */
-    const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m256 sc = _mm256_set_m128(scale, scale);
-    for (int i = 0; i < HS; i++) {
-        const __m512 g = hadd16(hadd16(acc[i][0], acc[i][1]), hadd16(acc[i][2], acc[i][3]));
-        const __m512 r = _mm512_add_ps(g, _mm512_shuffle_f32x4(g, g, _MM_SHUFFLE(2, 3, 0, 1)));
-        _mm256_storeu_ps(s[i] + t, _mm256_mul_ps(_mm512_castps512_ps256(_mm512_permutexvar_ps(order, r)), sc));
+    qk_store8(HS, acc, s, t, scale);
+}
+
+/* qk_block4b's arithmetic for keys slot[t..t+7], two keys per vector as in qk_block8 */
+static inline __attribute__((always_inline)) void qk_block8b(int HS, const uint16_t *const *qv, float *const *s,
+                                                             const uint16_t *kb, const int *slot, int t, int d,
+                                                             __m128 scale) {
+    __m512 acc[2 * HS_MAX][4];
+    const uint16_t *kr[8];
+    for (int u = 0; u < 8; u++) kr[u] = kb + (long)slot[t + u] * d;
+    for (int i = 0; i < HS; i++)
+        for (int u = 0; u < 4; u++) acc[i][u] = _mm512_setzero_ps();
+    for (int k = 0; k < d; k += 16) {
+        if (k % 32 == 0) /* the next block's keys (a line per 32 bfloat16) */
+            for (int u = 0; u < 8; u++) _mm_prefetch((const char *)(kr[u] + 8 * d + k), _MM_HINT_T0);
+        bw v[4];
+        for (int u = 0; u < 4; u++)
+            v[u] = bw_of(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(kr[2 * u] + k))),
+                                            _mm256_loadu_si256((const __m256i *)(kr[2 * u + 1] + k)), 1));
+        for (int i = 0; i < HS; i++) {
+            const bx qk = bw_of(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qv[i] + k))));
+            for (int u = 0; u < 4; u++) acc[i][u] = bmac(acc[i][u], qk, v[u]);
+        }
     }
+    qk_store8(HS, acc, s, t, scale);
 }
 #endif
 
@@ -1040,17 +1114,30 @@ static inline __attribute__((always_inline)) void qk_block8(int HS, const float 
  * FMAs in the same order either way. */
 enum { PV_RESUME = 1, PV_PARTIAL = 2 };
 #define PV_MAX (2 * HS_MAX) /* queries per sweep: HS heads of one row, or of two */
-static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, float *const *p, int t0, int t1,
-                                                           const int *slot, const float *vb, int d, int k0,
+/* values i .. i + 7 (or + 15) of vb, float32 or (KVB) bfloat16 widened exactly */
+static inline __attribute__((always_inline)) __m256 value8(int KVB, const void *vb, long i) {
+    if (!KVB) return _mm256_loadu_ps((const float *)vb + i);
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)vb + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+#if defined(__AVX512F__)
+static inline __attribute__((always_inline)) __m512 value16(int KVB, const void *vb, long i) {
+    if (!KVB) return _mm512_loadu_ps((const float *)vb + i);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)vb + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
+static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, int KVB, float *const *p, int t0, int t1,
+                                                           const int *slot, const void *vb, int d, int k0,
                                                            const __m256 *inv, float *const *o, int mode) {
     __m256 acc[PV_MAX][8];
     for (int i = 0; i < HS; i++)
         for (int c = 0; c < C; c++)
             acc[i][c] = mode & PV_RESUME ? _mm256_loadu_ps(o[i] + k0 + 8 * c) : _mm256_setzero_ps();
     for (int t = t0; t < t1; t++) {
-        const float *vr = vb + (long)slot[t] * d + k0;
+        const long vr = (long)slot[t] * d + k0;
         __m256 v[8];
-        for (int c = 0; c < C; c++) v[c] = _mm256_loadu_ps(vr + 8 * c);
+        for (int c = 0; c < C; c++) v[c] = value8(KVB, vb, vr + 8 * c);
         for (int i = 0; i < HS; i++) {
             const __m256 pt = _mm256_set1_ps(p[i][t]);
             for (int c = 0; c < C; c++) acc[i][c] = _mm256_fmadd_ps(pt, v[c], acc[i][c]);
@@ -1063,18 +1150,20 @@ static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, float 
 
 #if defined(__AVX512F__)
 /* pv_sweep in 16-lane vectors: each output lane takes the same FMAs in the same order */
-static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, float *const *p, int t0, int t1,
-                                                             const int *slot, const float *vb, int d, int k0,
+static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, int KVB, float *const *p, int t0, int t1,
+                                                             const int *slot, const void *vb, int d, int k0,
                                                              const __m256 *inv, float *const *o, int mode) {
     __m512 acc[PV_MAX][8];
     for (int i = 0; i < HS; i++)
         for (int c = 0; c < C; c++)
             acc[i][c] = mode & PV_RESUME ? _mm512_loadu_ps(o[i] + k0 + 16 * c) : _mm512_setzero_ps();
+    const int size = KVB ? 2 : 4;
     for (int t = t0; t < t1; t++) {
-        const float *vr = vb + (long)slot[t] * d + k0;
+        const long vr = (long)slot[t] * d + k0;
         __m512 v[8];
-        for (int c = 0; c < C; c++) _mm_prefetch((const char *)(vr + 8 * d + 16 * c), _MM_HINT_T0); /* 8 slots on */
-        for (int c = 0; c < C; c++) v[c] = _mm512_loadu_ps(vr + 16 * c);
+        for (int c = 0; c < C; c += KVB ? 2 : 1) /* 8 slots on, a line at a time */
+            _mm_prefetch((const char *)vb + (vr + 8 * d + 16 * c) * size, _MM_HINT_T0);
+        for (int c = 0; c < C; c++) v[c] = value16(KVB, vb, vr + 16 * c);
         for (int i = 0; i < HS; i++) {
             const __m512 pt = _mm512_set1_ps(p[i][t]);
             for (int c = 0; c < C; c++) acc[i][c] = _mm512_fmadd_ps(pt, v[c], acc[i][c]);
@@ -1095,20 +1184,20 @@ static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, floa
     while (d - k0 >= (W)) {                                                                              \
         const int c = (d - k0) / (W) < most ? (d - k0) / (W) : most;                                     \
         switch (c) {                                                                                     \
-        case 1: SWEEP(HS, 1, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
-        case 2: SWEEP(HS, 2, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
-        case 3: SWEEP(HS, 3, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
-        case 4: SWEEP(HS, 4, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
-        case 5: SWEEP(HS, 5, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
-        case 6: SWEEP(HS, 6, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
-        case 7: SWEEP(HS, 7, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                           \
-        default: SWEEP(HS, 8, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                          \
+        case 1: SWEEP(HS, 1, KVB, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                      \
+        case 2: SWEEP(HS, 2, KVB, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                      \
+        case 3: SWEEP(HS, 3, KVB, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                      \
+        case 4: SWEEP(HS, 4, KVB, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                      \
+        case 5: SWEEP(HS, 5, KVB, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                      \
+        case 6: SWEEP(HS, 6, KVB, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                      \
+        case 7: SWEEP(HS, 7, KVB, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                      \
+        default: SWEEP(HS, 8, KVB, p, t0, t1, slot, vb, d, k0, inv, o, mode); break;                     \
         }                                                                                                \
         k0 += (W) * c;                                                                                   \
     }
-static inline __attribute__((always_inline)) void pv_all(int HS, float *const *p, int t0, int t1, const int *slot,
-                                                         const float *vb, int d, const __m256 *inv, float *const *o,
-                                                         int mode) {
+static inline __attribute__((always_inline)) void pv_all(int HS, int KVB, float *const *p, int t0, int t1,
+                                                         const int *slot, const void *vb, int d, const __m256 *inv,
+                                                         float *const *o, int mode) {
     const int most = HS == 1 ? 8 : 4;
     int k0 = 0;
 #if defined(__AVX512F__)
@@ -1117,16 +1206,18 @@ static inline __attribute__((always_inline)) void pv_all(int HS, float *const *p
     PV_CASES(pv_sweep, 8)
 }
 
-/* pv_all for a count of queries known only at run time */
-static void pv_any(int nq, float *const *p, int t0, int t1, const int *slot, const float *vb, int d,
-                   const __m256 *inv, float *const *o, int mode) {
-    switch (nq) {
-    case 1: pv_all(1, p, t0, t1, slot, vb, d, inv, o, mode); break;
-    case 2: pv_all(2, p, t0, t1, slot, vb, d, inv, o, mode); break;
-    case 3: pv_all(3, p, t0, t1, slot, vb, d, inv, o, mode); break;
-    case 4: pv_all(4, p, t0, t1, slot, vb, d, inv, o, mode); break;
-    default: pv_all(6, p, t0, t1, slot, vb, d, inv, o, mode); break;
+/* pv_all for a count of queries and a value format known only at run time */
+#define PV_COUNTS(KVB)                                                                                   \
+    switch (nq) {                                                                                        \
+    case 1: pv_all(1, KVB, p, t0, t1, slot, vb, d, inv, o, mode); break;                                 \
+    case 2: pv_all(2, KVB, p, t0, t1, slot, vb, d, inv, o, mode); break;                                 \
+    case 3: pv_all(3, KVB, p, t0, t1, slot, vb, d, inv, o, mode); break;                                 \
+    case 4: pv_all(4, KVB, p, t0, t1, slot, vb, d, inv, o, mode); break;                                 \
+    default: pv_all(6, KVB, p, t0, t1, slot, vb, d, inv, o, mode); break;                                \
     }
+static void pv_any(int nq, int kvb, float *const *p, int t0, int t1, const int *slot, const void *vb, int d,
+                   const __m256 *inv, float *const *o, int mode) {
+    if (kvb) PV_COUNTS(1) else PV_COUNTS(0)
 }
 
 /* one row's keys in canonical order: its cached slots (from `first`), then its ancestors in the pass;
@@ -1146,27 +1237,35 @@ static inline int first_slot(const AttentionArgs *a, int j) {
     return first > a->hi[j] ? a->hi[j] : first;
 }
 
-/* the scores of blocks t0 .. t1-1 (multiples of 8) of keys slot[] for NQ query vectors */
-static inline void qk_span(int NQ, const float *const *qv, float *const *s, const float *kb, const int *slot,
-                           int t0, int t1, int d, __m128 scale) {
+/* the scores of blocks t0 .. t1-1 (multiples of 8) of keys slot[] for NQ query vectors (float32, or
+ * bfloat16 where kvb) */
 #if defined(__AVX512F__)
-    for (int t = t0; t < t1; t += 8) {
-        switch (NQ) {
-        case 1: qk_block8(1, qv, s, kb, slot, t, d, scale); break;
-        case 2: qk_block8(2, qv, s, kb, slot, t, d, scale); break;
-        case 3: qk_block8(3, qv, s, kb, slot, t, d, scale); break;
-        case 4: qk_block8(4, qv, s, kb, slot, t, d, scale); break;
-        case 5: qk_block8(5, qv, s, kb, slot, t, d, scale); break;
-        default: qk_block8(6, qv, s, kb, slot, t, d, scale); break;
-        }
+#define QK_COUNTS(BLOCK, T)                                                                              \
+    for (int t = t0; t < t1; t += 8) {                                                                   \
+        switch (NQ) {                                                                                    \
+        case 1: BLOCK(1, (const T *const *)qv, s, (const T *)kb, slot, t, d, scale); break;              \
+        case 2: BLOCK(2, (const T *const *)qv, s, (const T *)kb, slot, t, d, scale); break;              \
+        case 3: BLOCK(3, (const T *const *)qv, s, (const T *)kb, slot, t, d, scale); break;              \
+        case 4: BLOCK(4, (const T *const *)qv, s, (const T *)kb, slot, t, d, scale); break;              \
+        case 5: BLOCK(5, (const T *const *)qv, s, (const T *)kb, slot, t, d, scale); break;              \
+        default: BLOCK(6, (const T *const *)qv, s, (const T *)kb, slot, t, d, scale); break;             \
+        }                                                                                                \
     }
+#define QK_F32 QK_COUNTS(qk_block8, float)
+#define QK_BF16 QK_COUNTS(qk_block8b, uint16_t)
 #else
-    for (int t = t0; t < t1; t += 4) {
-        if (NQ == 1) qk_block4(1, qv, s, kb, slot, t, d, scale);
-        else if (NQ == 2) qk_block4(2, qv, s, kb, slot, t, d, scale);
-        else qk_block4(3, qv, s, kb, slot, t, d, scale);
+#define QK_COUNTS(BLOCK, T)                                                                              \
+    for (int t = t0; t < t1; t += 4) {                                                                   \
+        if (NQ == 1) BLOCK(1, (const T *const *)qv, s, (const T *)kb, slot, t, d, scale);                \
+        else if (NQ == 2) BLOCK(2, (const T *const *)qv, s, (const T *)kb, slot, t, d, scale);           \
+        else BLOCK(3, (const T *const *)qv, s, (const T *)kb, slot, t, d, scale);                        \
     }
+#define QK_F32 QK_COUNTS(qk_block4, float)
+#define QK_BF16 QK_COUNTS(qk_block4b, uint16_t)
 #endif
+static inline void qk_span(int NQ, int kvb, const void *const *qv, float *const *s, const void *kb, const int *slot,
+                           int t0, int t1, int d, __m128 scale) {
+    if (kvb) { QK_BF16 } else { QK_F32 }
 }
 
 /* softmax of HS heads' scores s[i][0..m-1] (padded to whole blocks of 8) in place, inv[i] = 1 / their
@@ -1197,17 +1296,19 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
     const int heads = a->heads, d = a->d, max_len = a->max_len, R = a->rows_per_job;
     const int group = heads / a->kv_heads, hs = a->hs, per_group = (group + hs - 1) / hs, units = (a->n + R - 1) / R;
     const __m128 scale = _mm_set1_ps(a->scale);
-    const long row = a->cap + 8;
+    const long row = a->cap + 8, size = a->kvb ? 2 : 4; /* size: bytes of a key's or value's element */
     float *buf = malloc(sizeof(float) * (size_t)row * HS_MAX * 2);
     int *slots = malloc(sizeof(int) * (size_t)row * 2);
+    uint16_t *qb = malloc(sizeof(uint16_t) * (size_t)d * HS_MAX * 2); /* the queries in bfloat16 (kvb) */
     for (int job = job_lo; job < job_hi; job++) { /* rows u R .. u R + R - 1; heads h0 .. h0 + n_h - 1 of group g */
         const int g = job / (units * per_group), u = job / per_group % units; /* group-major: a thread's
             jobs share their groups' keys and values, which are then read from memory by fewer threads */
         const int h0 = g * group + job % per_group * hs, n_h = group - (h0 - g * group) < hs ? group - (h0 - g * group) : hs;
-        const float *kb = a->kc + (long)g * max_len * d, *vb = a->vc + (long)g * max_len * d;
+        const void *kb = (const char *)a->kc + (long)g * max_len * d * size;
+        const void *vb = (const char *)a->vc + (long)g * max_len * d * size;
         const int rows = a->n - u * R < R ? a->n - u * R : R;
         int m[2], first[2], *slot[2];
-        const float *qv[2 * HS_MAX];
+        const void *qv[2 * HS_MAX];
         float *s[2 * HS_MAX], *o[2 * HS_MAX];
         for (int r = 0; r < rows; r++) {
             const int j = u * R + r;
@@ -1215,7 +1316,12 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
             first[r] = first_slot(a, j);
             m[r] = key_slots(a, j, first[r], slot[r]);
             for (int i = 0; i < n_h; i++) {
-                qv[r * n_h + i] = a->q + ((long)j * heads + h0 + i) * d;
+                const float *qf = a->q + ((long)j * heads + h0 + i) * d;
+                if (a->kvb) {
+                    uint16_t *b = qb + (r * n_h + i) * d;
+                    for (int k = 0; k < d; k++) b[k] = to_bf16(qf[k]);
+                    qv[r * n_h + i] = b;
+                } else qv[r * n_h + i] = qf;
                 s[r * n_h + i] = buf + (r * HS_MAX + i) * row;
                 o[r * n_h + i] = out_row(a, j, h0 + i);
             }
@@ -1224,28 +1330,30 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
         int shared = 0;
         if (rows == 2 && a->lo[u * R] == a->lo[u * R + 1] && a->hi[u * R] == a->hi[u * R + 1] && first[0] == first[1])
             shared = (a->hi[u * R] - first[0]) & ~7;
-        if (shared) qk_span(2 * n_h, qv, s, kb, slot[0], 0, shared, d, scale);
+        if (shared) qk_span(2 * n_h, a->kvb, qv, s, kb, slot[0], 0, shared, d, scale);
         __m256 inv[PV_MAX];
         for (int r = 0; r < rows; r++) {
             const int mr = m[r], m8 = (mr + 7) & ~7;
             float *const *sr = s + r * n_h;
-            qk_span(n_h, qv + r * n_h, sr, kb, slot[r], shared, m8, d, scale);
+            qk_span(n_h, a->kvb, qv + r * n_h, sr, kb, slot[r], shared, m8, d, scale);
             if (n_h == 1) softmax_heads(1, sr, mr, inv + r * n_h);
             else if (n_h == 2) softmax_heads(2, sr, mr, inv + r * n_h);
             else softmax_heads(3, sr, mr, inv + r * n_h);
         }
         /* the values: the shared cached keys once for both rows, then each row's own */
-        if (shared) pv_any(2 * n_h, s, 0, shared, slot[0], vb, d, inv, o, PV_PARTIAL);
+        if (shared) pv_any(2 * n_h, a->kvb, s, 0, shared, slot[0], vb, d, inv, o, PV_PARTIAL);
         for (int r = 0; r < rows; r++)
-            pv_any(n_h, s + r * n_h, shared, m[r], slot[r], vb, d, inv + r * n_h, o + r * n_h, shared ? PV_RESUME : 0);
+            pv_any(n_h, a->kvb, s + r * n_h, shared, m[r], slot[r], vb, d, inv + r * n_h, o + r * n_h,
+                   shared ? PV_RESUME : 0);
     }
     free(buf);
     free(slots);
+    free(qb);
 }
 
-void attention(const float *q, int n, int heads, int kv_heads, int d, const float *kc, const float *vc,
+void attention(const float *q, int n, int heads, int kv_heads, int d, const void *kc, const void *vc,
                int max_len, const int *lo, const int *hi, const int *extra, const int *count, int max_extra,
-               float scale, int window, const int *pos, float *out) {
+               float scale, int window, const int *pos, float *out, int kvb) {
     int widest = 0;
     for (int j = 0; j < n; j++) if (hi[j] - lo[j] > widest) widest = hi[j] - lo[j];
     /* up to 3 heads of a group per job, fewer where that leaves some threads without two jobs */
@@ -1258,7 +1366,7 @@ void attention(const float *q, int n, int heads, int kv_heads, int d, const floa
     if ((n + 1) / 2 * kv_heads * ((group + hs - 1) / hs) >= 2 * g_threads) rows_per_job = 2;
 #endif
     AttentionArgs a = {q, kc, vc, lo, hi, extra, count, pos, out, scale, heads, kv_heads, d, max_len, max_extra,
-                       window, widest + max_extra + 1, hs, n, rows_per_job};
+                       window, widest + max_extra + 1, hs, n, rows_per_job, kvb};
     parallel_for((n + rows_per_job - 1) / rows_per_job * kv_heads * ((group + hs - 1) / hs), attention_chunk, &a);
 }
 
@@ -1375,7 +1483,7 @@ typedef struct {
     const float *attn_norm, *post_attn_norm, *mlp_norm, *post_mlp_norm; /* [hidden]; post_* may be NULL */
     const float *q_norm, *k_norm;                                       /* [d] per-head norms or NULL */
     Lin qkv, o, gu, down;
-    float *kc, *vc;          /* [kv_heads, max_len, d] */
+    void *kc, *vc;           /* [kv_heads, max_len, d] float32, or bfloat16 where the model's kv_bf16 */
     const float *cos, *sin;  /* [max_len, d] rope tables for this layer */
     int window, pad;         /* sliding window (0 = global) */
 } LayerW;
@@ -1383,7 +1491,7 @@ typedef struct {
 typedef struct {
     int n_layers, hidden, heads, kv_heads, d, inter, max_len, act;
     float eps, norm_offset, attn_scale;
-    int pad;
+    int kv_bf16; /* keys and values cached in bfloat16 (see attention) */
     const LayerW *layers;
     const float *final_norm; /* [hidden] */
     Lin head;                /* [vocab, hidden] */
@@ -1397,7 +1505,8 @@ static void qkv_rows_chunk(void *ctx, int j_lo, int j_hi) {
     const QkvArgs *a = ctx;
     const ModelW *m = a->m;
     const LayerW *L = a->L;
-    const int h = m->heads, kv = m->kv_heads, d = m->d, qkvw = (h + 2 * kv) * d;
+    const int h = m->heads, kv = m->kv_heads, d = m->d, qkvw = (h + 2 * kv) * d, size = m->kv_bf16 ? 2 : 4;
+    float kf[d];
     for (int j = j_lo; j < j_hi; j++) {
         const float *row = a->qkv + (long)j * qkvw;
         const float *c = L->cos + (long)a->pos[j] * d, *s = L->sin + (long)a->pos[j] * d;
@@ -1408,11 +1517,16 @@ static void qkv_rows_chunk(void *ctx, int j_lo, int j_hi) {
             rope(qh, d, c, s);
         }
         for (int g = 0; g < kv; g++) {
-            float *kd = L->kc + ((long)g * m->max_len + a->slot[j]) * d;
-            if (L->k_norm) rmsnorm_row(row + (h + g) * d, d, L->k_norm, m->eps, m->norm_offset, kd);
-            else memcpy(kd, row + (h + g) * d, sizeof(float) * d);
-            rope(kd, d, c, s);
-            memcpy(L->vc + ((long)g * m->max_len + a->slot[j]) * d, row + (h + kv + g) * d, sizeof(float) * d);
+            const long at = ((long)g * m->max_len + a->slot[j]) * d * size;
+            char *kd = (char *)L->kc + at, *vd = (char *)L->vc + at;
+            float *k = m->kv_bf16 ? kf : (float *)kd;
+            const float *v = row + (h + kv + g) * d;
+            if (L->k_norm) rmsnorm_row(row + (h + g) * d, d, L->k_norm, m->eps, m->norm_offset, k);
+            else memcpy(k, row + (h + g) * d, sizeof(float) * d);
+            rope(k, d, c, s);
+            if (m->kv_bf16)
+                for (int i = 0; i < d; i++) ((uint16_t *)kd)[i] = to_bf16(k[i]), ((uint16_t *)vd)[i] = to_bf16(v[i]);
+            else memcpy(vd, v, sizeof(float) * d);
         }
     }
 }
@@ -1444,7 +1558,7 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
             TOC(2);
         }
         { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, lo, hi, extra, count, max_extra, m->attn_scale,
-                         L->window, pos, att); TOC(1); }
+                         L->window, pos, att, m->kv_bf16); TOC(1); }
         if (linear(&L->o, att, n, t2, &L->gu)) ok = 0;
         { TIC; residual(x, t2, L->post_attn_norm, L->mlp_norm, n, H, eps, off, t1); TOC(2); }
         if (linear(&L->gu, t1, n, gu, &L->down)) ok = 0;
