@@ -84,12 +84,14 @@ def test_kernels_of_avx2_only_cpus():
     assert " passed" in run.stdout and "failed" not in run.stdout
 
 
-def _reference_attention(q, k, v, visible):  # q [n, h, d], k/v [kv, slots, d], visible [n, slots]
+def _reference_attention(q, k, v, visible, weights=torch.float32):  # q [n, h, d], k/v [kv, slots, d], visible [n, slots]
+    """weights: the dtype the unnormalized softmax weights are rounded to before they weight the values"""
     group = q.shape[1] // k.shape[0]
     k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)  # [h, slots, d]
     scores = torch.einsum("nhd,hsd->nhs", q, k) / q.shape[-1] ** 0.5
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
-    return torch.einsum("nhs,hsd->nhd", scores.softmax(-1), v)
+    p = (scores - scores.amax(-1, keepdim=True)).exp()
+    return torch.einsum("nhs,hsd->nhd", p.to(weights).float(), v) / p.sum(-1, keepdim=True)
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
@@ -111,8 +113,8 @@ def test_attention_matches_reference_and_is_order_invariant(kv_dtype):
     visible = torch.zeros(5, slots, dtype=torch.bool)
     visible[:, :cached] = True
     visible[:, cached:cached + 5] = mask
-    # with a bfloat16 cache the queries are rounded to bfloat16 too; the arithmetic stays float32
-    ref = _reference_attention(q.to(kv_dtype).float(), k.float(), v.float(), visible)
+    # with a bfloat16 cache the queries and the softmax weights are rounded to bfloat16 too; sums are float32
+    ref = _reference_attention(q.to(kv_dtype).float(), k.float(), v.float(), visible, weights=kv_dtype)
     assert torch.allclose(tree, ref, atol=1e-5)
     # node 4's path 0,1,3,4 laid out as a chain at the same slots gives the same bits
     chain_k, chain_v = k.clone(), v.clone()

@@ -1127,22 +1127,40 @@ static inline __attribute__((always_inline)) __m512 value16(int KVB, const void 
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 #endif
-static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, int KVB, float *const *p, int t0, int t1,
-                                                           const int *slot, const void *vb, int d, int k0,
+static inline float bf16_float(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, int KVB, const void *const *p, int t0,
+                                                           int t1, const int *slot, const void *vb, int d, int k0,
                                                            const __m256 *inv, float *const *o, int mode) {
     __m256 acc[PV_MAX][8];
     for (int i = 0; i < HS; i++)
         for (int c = 0; c < C; c++)
             acc[i][c] = mode & PV_RESUME ? _mm256_loadu_ps(o[i] + k0 + 8 * c) : _mm256_setzero_ps();
-    for (int t = t0; t < t1; t++) {
-        const long vr = (long)slot[t] * d + k0;
-        __m256 v[8];
-        for (int c = 0; c < C; c++) v[c] = value8(KVB, vb, vr + 8 * c);
-        for (int i = 0; i < HS; i++) {
-            const __m256 pt = _mm256_set1_ps(p[i][t]);
-            for (int c = 0; c < C; c++) acc[i][c] = _mm256_fmadd_ps(pt, v[c], acc[i][c]);
+    if (KVB) /* keys in pairs (t, t + 1) as bmac takes them: t + 1's product first */
+        for (int t = t0; t < t1; t += 2) {
+            const long va = (long)slot[t] * d + k0, vz = (long)slot[t + 1] * d + k0;
+            __m256 v[8], w[8];
+            for (int c = 0; c < C; c++) v[c] = value8(1, vb, va + 8 * c), w[c] = value8(1, vb, vz + 8 * c);
+            for (int i = 0; i < HS; i++) {
+                const uint16_t *ph = p[i];
+                const __m256 pa = _mm256_set1_ps(bf16_float(ph[t])), pz = _mm256_set1_ps(bf16_float(ph[t + 1]));
+                for (int c = 0; c < C; c++) acc[i][c] = _mm256_fmadd_ps(pa, v[c], _mm256_fmadd_ps(pz, w[c], acc[i][c]));
+            }
         }
-    }
+    else
+        for (int t = t0; t < t1; t++) {
+            const long vr = (long)slot[t] * d + k0;
+            __m256 v[8];
+            for (int c = 0; c < C; c++) v[c] = value8(0, vb, vr + 8 * c);
+            for (int i = 0; i < HS; i++) {
+                const __m256 pt = _mm256_set1_ps(((const float *)p[i])[t]);
+                for (int c = 0; c < C; c++) acc[i][c] = _mm256_fmadd_ps(pt, v[c], acc[i][c]);
+            }
+        }
     for (int i = 0; i < HS; i++)
         for (int c = 0; c < C; c++)
             _mm256_storeu_ps(o[i] + k0 + 8 * c, mode & PV_PARTIAL ? acc[i][c] : _mm256_mul_ps(acc[i][c], inv[i]));
@@ -1150,25 +1168,51 @@ static inline __attribute__((always_inline)) void pv_sweep(int HS, int C, int KV
 
 #if defined(__AVX512F__)
 /* pv_sweep in 16-lane vectors: each output lane takes the same FMAs in the same order */
-static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, int KVB, float *const *p, int t0, int t1,
-                                                             const int *slot, const void *vb, int d, int k0,
+static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, int KVB, const void *const *p, int t0,
+                                                             int t1, const int *slot, const void *vb, int d, int k0,
                                                              const __m256 *inv, float *const *o, int mode) {
     __m512 acc[PV_MAX][8];
     for (int i = 0; i < HS; i++)
         for (int c = 0; c < C; c++)
             acc[i][c] = mode & PV_RESUME ? _mm512_loadu_ps(o[i] + k0 + 16 * c) : _mm512_setzero_ps();
-    const int size = KVB ? 2 : 4;
-    for (int t = t0; t < t1; t++) {
-        const long vr = (long)slot[t] * d + k0;
-        __m512 v[8];
-        for (int c = 0; c < C; c += KVB ? 2 : 1) /* 8 slots on, a line at a time */
-            _mm_prefetch((const char *)vb + (vr + 8 * d + 16 * c) * size, _MM_HINT_T0);
-        for (int c = 0; c < C; c++) v[c] = value16(KVB, vb, vr + 16 * c);
-        for (int i = 0; i < HS; i++) {
-            const __m512 pt = _mm512_set1_ps(p[i][t]);
-            for (int c = 0; c < C; c++) acc[i][c] = _mm512_fmadd_ps(pt, v[c], acc[i][c]);
+    if (KVB) /* keys in pairs (t, t + 1), as pv_sweep */
+        for (int t = t0; t < t1; t += 2) {
+            const uint16_t *va = (const uint16_t *)vb + (long)slot[t] * d + k0;
+            const uint16_t *vz = (const uint16_t *)vb + (long)slot[t + 1] * d + k0;
+            for (int c = 0; c < C; c += 2) /* 8 slots on, a line at a time */
+                _mm_prefetch((const char *)(va + 8 * d + 16 * c), _MM_HINT_T0),
+                _mm_prefetch((const char *)(vz + 8 * d + 16 * c), _MM_HINT_T0);
+#if defined(__AVX512BF16__)
+            bw w[8]; /* lane l: the pair (V[t][l], V[t + 1][l]) */
+            for (int c = 0; c < C; c++)
+                w[c] = bw_of(_mm512_or_si512(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(va + 16 * c))),
+                    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(vz + 16 * c))), 16)));
+            for (int i = 0; i < HS; i++) {
+                const bx pp = bw_of(bcast4_512((const uint16_t *)p[i] + t));
+                for (int c = 0; c < C; c++) acc[i][c] = bmac(acc[i][c], pp, w[c]);
+            }
+#else
+            __m512 v[8], w[8];
+            for (int c = 0; c < C; c++) v[c] = value16(1, va, 16 * c), w[c] = value16(1, vz, 16 * c);
+            for (int i = 0; i < HS; i++) {
+                const uint16_t *ph = p[i];
+                const __m512 pa = _mm512_set1_ps(bf16_float(ph[t])), pz = _mm512_set1_ps(bf16_float(ph[t + 1]));
+                for (int c = 0; c < C; c++) acc[i][c] = _mm512_fmadd_ps(pa, v[c], _mm512_fmadd_ps(pz, w[c], acc[i][c]));
+            }
+#endif
         }
-    }
+    else
+        for (int t = t0; t < t1; t++) {
+            const long vr = (long)slot[t] * d + k0;
+            __m512 v[8];
+            for (int c = 0; c < C; c++) _mm_prefetch((const char *)vb + (vr + 8 * d + 16 * c) * 4, _MM_HINT_T0);
+            for (int c = 0; c < C; c++) v[c] = value16(0, vb, vr + 16 * c);
+            for (int i = 0; i < HS; i++) {
+                const __m512 pt = _mm512_set1_ps(((const float *)p[i])[t]);
+                for (int c = 0; c < C; c++) acc[i][c] = _mm512_fmadd_ps(pt, v[c], acc[i][c]);
+            }
+        }
     for (int i = 0; i < HS; i++) {
         const __m512 s = _mm512_broadcastss_ps(_mm256_castps256_ps128(inv[i]));
         for (int c = 0; c < C; c++)
@@ -1195,7 +1239,7 @@ static inline __attribute__((always_inline)) void pv_sweep16(int HS, int C, int 
         }                                                                                                \
         k0 += (W) * c;                                                                                   \
     }
-static inline __attribute__((always_inline)) void pv_all(int HS, int KVB, float *const *p, int t0, int t1,
+static inline __attribute__((always_inline)) void pv_all(int HS, int KVB, const void *const *p, int t0, int t1,
                                                          const int *slot, const void *vb, int d, const __m256 *inv,
                                                          float *const *o, int mode) {
     const int most = HS == 1 ? 8 : 4;
@@ -1215,7 +1259,7 @@ static inline __attribute__((always_inline)) void pv_all(int HS, int KVB, float 
     case 4: pv_all(4, KVB, p, t0, t1, slot, vb, d, inv, o, mode); break;                                 \
     default: pv_all(6, KVB, p, t0, t1, slot, vb, d, inv, o, mode); break;                                \
     }
-static void pv_any(int nq, int kvb, float *const *p, int t0, int t1, const int *slot, const void *vb, int d,
+static void pv_any(int nq, int kvb, const void *const *p, int t0, int t1, const int *slot, const void *vb, int d,
                    const __m256 *inv, float *const *o, int mode) {
     if (kvb) PV_COUNTS(1) else PV_COUNTS(0)
 }
@@ -1300,6 +1344,7 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
     float *buf = malloc(sizeof(float) * (size_t)row * HS_MAX * 2);
     int *slots = malloc(sizeof(int) * (size_t)row * 2);
     uint16_t *qb = malloc(sizeof(uint16_t) * (size_t)d * HS_MAX * 2); /* the queries in bfloat16 (kvb) */
+    uint16_t *pb = malloc(sizeof(uint16_t) * (size_t)row * HS_MAX * 2); /* the weights in bfloat16 (kvb) */
     for (int job = job_lo; job < job_hi; job++) { /* rows u R .. u R + R - 1; heads h0 .. h0 + n_h - 1 of group g */
         const int g = job / (units * per_group), u = job / per_group % units; /* group-major: a thread's
             jobs share their groups' keys and values, which are then read from memory by fewer threads */
@@ -1308,7 +1353,7 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
         const void *vb = (const char *)a->vc + (long)g * max_len * d * size;
         const int rows = a->n - u * R < R ? a->n - u * R : R;
         int m[2], first[2], *slot[2];
-        const void *qv[2 * HS_MAX];
+        const void *qv[2 * HS_MAX], *pv[2 * HS_MAX]; /* pv: the values' weights, s or (kvb) pb */
         float *s[2 * HS_MAX], *o[2 * HS_MAX];
         for (int r = 0; r < rows; r++) {
             const int j = u * R + r;
@@ -1323,6 +1368,7 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
                     qv[r * n_h + i] = b;
                 } else qv[r * n_h + i] = qf;
                 s[r * n_h + i] = buf + (r * HS_MAX + i) * row;
+                pv[r * n_h + i] = a->kvb ? (const void *)(pb + (r * HS_MAX + i) * row) : s[r * n_h + i];
                 o[r * n_h + i] = out_row(a, j, h0 + i);
             }
         }
@@ -1339,16 +1385,22 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
             if (n_h == 1) softmax_heads(1, sr, mr, inv + r * n_h);
             else if (n_h == 2) softmax_heads(2, sr, mr, inv + r * n_h);
             else softmax_heads(3, sr, mr, inv + r * n_h);
+            if (a->kvb) /* the weights (exp(score - max), padding 0) in bfloat16; the sum stays float32's */
+                for (int i = 0; i < n_h; i++) {
+                    uint16_t *ph = pb + (r * HS_MAX + i) * row;
+                    for (int t = 0; t < m8; t++) ph[t] = to_bf16(sr[i][t]);
+                }
         }
         /* the values: the shared cached keys once for both rows, then each row's own */
-        if (shared) pv_any(2 * n_h, a->kvb, s, 0, shared, slot[0], vb, d, inv, o, PV_PARTIAL);
+        if (shared) pv_any(2 * n_h, a->kvb, pv, 0, shared, slot[0], vb, d, inv, o, PV_PARTIAL);
         for (int r = 0; r < rows; r++)
-            pv_any(n_h, a->kvb, s + r * n_h, shared, m[r], slot[r], vb, d, inv + r * n_h, o + r * n_h,
+            pv_any(n_h, a->kvb, pv + r * n_h, shared, m[r], slot[r], vb, d, inv + r * n_h, o + r * n_h,
                    shared ? PV_RESUME : 0);
     }
     free(buf);
     free(slots);
     free(qb);
+    free(pb);
 }
 
 void attention(const float *q, int n, int heads, int kv_heads, int d, const void *kc, const void *vc,
