@@ -2,10 +2,11 @@
 
     .venv/bin/python scripts/kernel_ab.py --dtype w8a8 0327310 HEAD . other.c  # revisions, tree, files
     .venv/bin/python scripts/kernel_ab.py --dtype w8a8 --kv float32,bfloat16 .  # the cache's two dtypes
+    .venv/bin/python scripts/kernel_ab.py --dtype w8a8 850c188@float32 .       # a build with its own cache
 
 Each revision's csrc/kernels.c (or the tree's, or a .c file named) is compiled with build.py's flags
 into a temporary directory and loaded beside the others; the model is loaded once per cache dtype
-in `--kv` (a bfloat16 cache needs a build that has one). Every round runs each build and cache in turn: 5 timed passes of each width in `--ks` (1 and 16 inputs by default; after a
+in `--kv`, or in the dtype a build names after `@` (a bfloat16 cache needs a build that has one). Every round runs each build and cache in turn: 5 timed passes of each width in `--ks` (1 and 16 inputs by default; after a
 warm-up pass each) over `--context` cached tokens. The machines are shared and their memory bandwidth moves by 1.5x within
 minutes, so builds compared in separate runs mislead; here they share every minute. Prints the lower
 quartile and the minimum per build and width, and the ratio of the widest pass to the narrowest.
@@ -53,8 +54,8 @@ def load(path: Path) -> build.Kernels:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("revs", nargs="+",
-                        help="git revisions, . for the working tree, or kernels.c variants (paths ending in .c)")
+    parser.add_argument("revs", nargs="+", help="git revisions, . for the working tree, or kernels.c variants "
+                        "(paths ending in .c); REV@float32 or REV@bfloat16 runs that build with that cache only")
     parser.add_argument("--dtype", default="w8a8")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--rounds", type=int, default=30)
@@ -65,18 +66,22 @@ def main() -> None:
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     kvs = args.kv.split(",") if args.kv else [None]
+    variants = [(rev, kv) for rev in args.revs for kv in kvs]
+    variants = [(rev.split("@")[0], rev.split("@")[1]) if "@" in rev else (rev, kv) for rev, kv in variants]
+    variants = list(dict.fromkeys(variants))
     with tempfile.TemporaryDirectory() as tmp:
-        builds = {rev: load(compile_rev(rev, Path(tmp))) for rev in args.revs}
-        current = [builds[args.revs[0]]]
+        builds = {rev: load(compile_rev(rev, Path(tmp))) for rev in dict.fromkeys(rev for rev, _ in variants)}
+        current = [next(iter(builds.values()))]
         build.kernels = ops.kernels = target_mod.kernels = lambda: current[0]  # every caller's kernels()
         targets = {kv: target_mod.NativeTarget(resolve(args.model), args.dtype, max_len=args.context + 64,
-                                               threads=args.threads, kv_dtype=kv) for kv in kvs}
+                                               threads=args.threads, kv_dtype=kv)
+                   for kv in dict.fromkeys(kv for _, kv in variants)}
         for k in builds.values():
             k.set_threads(args.threads)
         torch.set_num_threads(1)
-        for target in targets.values():
+        for kv, target in targets.items():  # by a build that runs this cache
+            current[0] = builds[next(rev for rev, k in variants if k == kv)]
             target.prefill(list(range(1000, 1000 + args.context)))
-        variants = [(rev, kv) for rev in args.revs for kv in kvs]
         label = {v: v[0] if v[1] is None else f"{v[0]} kv={v[1]}" for v in variants}
         times: dict[tuple, dict[int, list[float]]] = {v: {k: [] for k in ks} for v in variants}
         for _ in range(args.rounds):

@@ -957,9 +957,10 @@ static inline float dot(const float *a, const float *b, int d) {
 
 /* Attention of n queries over cache slots in canonical order; d % 8 == 0 (d % 16 == 0 where kvb).
  * q: [n, heads, d]; kc, vc: [kv_heads, max_len, d] (this layer) float32, or bfloat16 where kvb;
- * out: [n, heads, d]. With bfloat16 keys the queries are rounded to bfloat16 too and the scores are
- * dot products of bfloat16 pairs in float32 (bmac: vdpbf16ps, or two FMAs that round the same);
- * bfloat16 values are widened exactly and weighted in float32 as float32 values are.
+ * out: [n, heads, d]. With a bfloat16 cache the queries are rounded to bfloat16 too and the scores
+ * are dot products of bfloat16 pairs in float32 (bmac: vdpbf16ps, or two FMAs that round the same);
+ * the softmax's weights are rounded to bfloat16 and weight the values in pairs of keys, also through
+ * bmac's arithmetic; the sum that normalizes them stays float32.
  * Query j sees its sequence's cached slots lo[j]..hi[j]-1 (slot lo[j] holds position 0), then the
  * slots hi[j] + extra[j, 0..count[j]-1] (its ancestors in the pass by depth, itself last: offsets
  * from the pass's first slot of its sequence, so a chain's are the same in every pass). Scores, max, exp,
@@ -1108,7 +1109,8 @@ static inline __attribute__((always_inline)) void qk_block8b(int HS, const uint1
 #endif
 
 /* The weighted sum of values: o[i][k0 .. k0 + 8C) = inv[i] * sum over t of p[i][t] * V[slot[t]][k0 ..],
- * one FMA per key in order of t. A sum may run in two spans of keys (PV_RESUME: start from the sums
+ * one FMA per key in order of t; with a bfloat16 cache (KVB; p then bfloat16 too) one bmac step per
+ * pair of keys (t, t + 1), t from t0 (even), the key after an odd count being padding of weight 0. A sum may run in two spans of keys (PV_RESUME: start from the sums
  * a PV_PARTIAL sweep of the keys before left in o, unscaled; a float's store and load are exact), so a
  * span of keys that several queries see is swept once for all of them: every lane takes the same
  * FMAs in the same order either way. */
