@@ -6,8 +6,9 @@
 
 Each revision's csrc/kernels.c (or the tree's, or a .c file named) is compiled with build.py's flags
 into a temporary directory and loaded beside the others; the model is loaded once per cache dtype
-in `--kv`, or in the dtype a build names after `@` (a bfloat16 cache needs a build that has one). Every round runs each build and cache in turn: 5 timed passes of each width in `--ks` (1 and 16 inputs by default; after a
-warm-up pass each) over `--context` cached tokens. The machines are shared and their memory bandwidth moves by 1.5x within
+in `--kv`, or in the dtype a build names after `@` (a bfloat16 cache needs a build that has one).
+Every round runs each build and cache in turn: 5 timed passes of each width in `--ks` (1 and 16
+inputs by default; after a warm-up pass each) over `--context` cached tokens. The machines are shared and their memory bandwidth moves by 1.5x within
 minutes, so builds compared in separate runs mislead; here they share every minute. Prints the lower
 quartile and the minimum per build and width, and the ratio of the widest pass to the narrowest.
 """

@@ -13,6 +13,7 @@ from leapdecode import GenerationConfig
 from leapdecode.drafters import Draft, Drafter
 from leapdecode.engine import Engine
 from leapdecode.models.native import load_native, unsupported_reason
+from leapdecode.models.native.target import NativeTarget
 from leapdecode.models.native import ops
 from tests.conftest import tree_mask
 
@@ -274,6 +275,8 @@ def test_unsupported_architecture_and_bad_dtype(tmp_path, directory):
         load_native(tmp_path)
     with pytest.raises(ValueError, match="float32, bfloat16, int8"):
         load_native(directory, "float16")
+    with pytest.raises(ValueError, match="kv_dtype 'float16' is not one of bfloat16, float32"):
+        NativeTarget(directory, kv_dtype="float16")
     with pytest.raises(ValueError, match="unknown device 'tpu'; choose cpu or cuda"):
         load_native(directory, device="tpu")
     with pytest.raises(ValueError, match="batches requests on the CPU only"):

@@ -59,9 +59,11 @@ class NativeTarget:
                  sequences: int = 1, kv_dtype: str | None = None):
         """max_len: slots per sequence; sequences: regions of the cache (1 + the sequences that
         `open_sequence` can hand out at once); kv_dtype: the cache's, "bfloat16" or "float32"
-        (default: `kv_dtype(dtype, head_dim)`)."""
+        (default: `default_kv_dtype(dtype, head_dim)`)."""
         if dtype not in ops.FORMATS:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(ops.FORMATS)}")
+        if kv_dtype not in (None, "bfloat16", "float32"):
+            raise ValueError(f"kv_dtype {kv_dtype!r} is not one of bfloat16, float32")
         self.directory, self.dtype = Path(directory), dtype
         self.threads = threads or min(os.cpu_count() or 1, torch.get_num_threads())
         kernels().set_threads(self.threads)
@@ -82,9 +84,9 @@ class NativeTarget:
             raise ValueError(f"sequences must be an integer >= 1, got {sequences!r}")
         self.sequences = sequences
         self.kv_dtype = kv_dtype or default_kv_dtype(dtype, m.head_dim)
-        if self.kv_dtype not in ("bfloat16", "float32") or (self.kv_dtype == "bfloat16" and m.head_dim % 16):
-            raise ValueError(f"kv_dtype {self.kv_dtype!r}: the cache holds float32, or bfloat16 where the head "
-                             f"size is a multiple of 16 (it is {m.head_dim})")
+        if self.kv_dtype == "bfloat16" and m.head_dim % 16:
+            raise ValueError(f"kv_dtype 'bfloat16' needs a head size that is a multiple of 16 (this model's is "
+                             f"{m.head_dim}); use float32")
         shape = (len(m.layers), m.kv_heads, sequences * max_len, m.head_dim)
         kv = getattr(torch, self.kv_dtype)
         self.k_cache, self.v_cache = torch.zeros(shape, dtype=kv), torch.zeros(shape, dtype=kv)  # [layer, kv_head, slot, d]

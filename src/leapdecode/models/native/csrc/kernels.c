@@ -1345,8 +1345,9 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
     const long row = a->cap + 8, size = a->kvb ? 2 : 4; /* size: bytes of a key's or value's element */
     float *buf = malloc(sizeof(float) * (size_t)row * HS_MAX * 2);
     int *slots = malloc(sizeof(int) * (size_t)row * 2);
-    uint16_t *qb = malloc(sizeof(uint16_t) * (size_t)d * HS_MAX * 2); /* the queries in bfloat16 (kvb) */
-    uint16_t *pb = malloc(sizeof(uint16_t) * (size_t)row * HS_MAX * 2); /* the weights in bfloat16 (kvb) */
+    /* with a bfloat16 cache: the queries and the softmax's weights in bfloat16 */
+    uint16_t *qb = a->kvb ? malloc(sizeof(uint16_t) * (size_t)d * HS_MAX * 2) : NULL;
+    uint16_t *pb = a->kvb ? malloc(sizeof(uint16_t) * (size_t)row * HS_MAX * 2) : NULL;
     for (int job = job_lo; job < job_hi; job++) { /* rows u R .. u R + R - 1; heads h0 .. h0 + n_h - 1 of group g */
         const int g = job / (units * per_group), u = job / per_group % units; /* group-major: a thread's
             jobs share their groups' keys and values, which are then read from memory by fewer threads */
