@@ -983,9 +983,6 @@ static inline float *out_row(const AttentionArgs *a, int j, int h) { return a->o
  * whatever HS and the rows are. */
 #define HS_MAX 3
 
-/* the scores of keys slot[t..t+3] for the HS heads (queries qv[], scores s[] + t): each key's dot
- * product in 8 lanes over d (ascending), its lanes summed as ((0+1)+(2+3)) + ((4+5)+(6+7)) (the one
- * reduction of every score), times the scale */
 /* scores s[i][t..t+3] from 4 keys' 8-lane accumulators: each key's lanes summed as
  * ((0+1)+(2+3)) + ((4+5)+(6+7)) (the one reduction of every score), times the scale */
 static inline __attribute__((always_inline)) void qk_store4(int HS, __m256 (*acc)[4], float *const *s, int t,
@@ -997,6 +994,8 @@ static inline __attribute__((always_inline)) void qk_store4(int HS, __m256 (*acc
     }
 }
 
+/* the scores of keys slot[t..t+3] for the HS heads (queries qv[], scores s[] + t): each key's dot
+ * product in 8 lanes over d (ascending), then qk_store4's sums */
 static inline __attribute__((always_inline)) void qk_block4(int HS, const float *const *qv, float *const *s,
                                                             const float *kb, const int *slot, int t, int d,
                                                             __m128 scale) {
@@ -1110,7 +1109,8 @@ static inline __attribute__((always_inline)) void qk_block8b(int HS, const uint1
 
 /* The weighted sum of values: o[i][k0 .. k0 + 8C) = inv[i] * sum over t of p[i][t] * V[slot[t]][k0 ..],
  * one FMA per key in order of t; with a bfloat16 cache (KVB; p then bfloat16 too) one bmac step per
- * pair of keys (t, t + 1), t from t0 (even), the key after an odd count being padding of weight 0. A sum may run in two spans of keys (PV_RESUME: start from the sums
+ * pair of keys (t, t + 1), t from t0 (even), the key after an odd count being padding of weight 0.
+ * A sum may run in two spans of keys (PV_RESUME: start from the sums
  * a PV_PARTIAL sweep of the keys before left in o, unscaled; a float's store and load are exact), so a
  * span of keys that several queries see is swept once for all of them: every lane takes the same
  * FMAs in the same order either way. */
