@@ -72,6 +72,18 @@ def test_linear_rows_bitwise_invariant(w_fp32, fmt, d_in):
     assert torch.equal(shifted[0], alone[5]) and torch.equal(shifted[1:], alone[:5])
 
 
+def test_weights_moved_to_huge_pages_compute_the_same(w_fp32):
+    w, b = w_fp32
+    x = torch.randn(5, 96)
+    weights = [ops.make_weight(w, fmt, b) for fmt in ("bfloat16", "w8a8", "w4a8")]
+    before = [(weight.data.clone(), ops.linear(x, weight)) for weight in weights]
+    ops.to_huge_pages(weights)
+    for weight, (data, y) in zip(weights, before):
+        assert weight.data.data_ptr() % 64 == 0 and weight.data.dtype == data.dtype
+        assert torch.equal(weight.data, data) and torch.equal(ops.linear(x, weight), y)
+    assert ops.huge_empty(100).data_ptr() % ops.HUGE_PAGE == 0
+
+
 def test_kernels_of_avx2_only_cpus():
     """The 8-lane build (what AVX2-only machines compile) passes the kernel tests here too."""
     import os

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import math
 import os
 from array import array
 from contextlib import AbstractContextManager
@@ -69,6 +70,7 @@ class NativeTarget:
         kernels().set_threads(self.threads)
         self.m: Model = load_model(self.directory, dtype)
         m = self.m
+        ops.to_huge_pages([w for layer in m.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [m.head])
         self.vocab_size = m.head.shape[0]
         self.max_len = max_len
         self.context_window = min(max_len, int(m.config.get("max_position_embeddings") or max_len))
@@ -89,7 +91,8 @@ class NativeTarget:
                              f"{m.head_dim}); use float32")
         shape = (len(m.layers), m.kv_heads, sequences * max_len, m.head_dim)
         kv = getattr(torch, self.kv_dtype)
-        self.k_cache, self.v_cache = torch.zeros(shape, dtype=kv), torch.zeros(shape, dtype=kv)  # [layer, kv_head, slot, d]
+        self.k_cache, self.v_cache = (ops.huge_empty(math.prod(shape) * kv.itemsize).view(kv).view(shape).zero_()
+                                      for _ in range(2))  # [layer, kv_head, slot, d]
         self._c_model, self._keep = _c_model(m, self.k_cache, self.v_cache, max_len, sequences * max_len)
         self.regions = [Region(i, i * max_len) for i in range(sequences)]
         self._chains: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # n -> a chain's ancestors
