@@ -358,55 +358,60 @@ static int grow(void **p, long *cap, long need, size_t size) {
     return 0;
 }
 
-/* Row r of x [n, in] -> g_xq + r * stride: q (W8A8 stores q + 128 in unsigned bytes, W4A8 q itself
- * in signed ones) then zeros up to stride; g_sx[r] its scale; with `sums`, g_xs the sums of q over
- * each group of 32 */
-static int quantize_rows(const float *x, int n, int in, int stride, int offset, int sums) {
-    if (grow((void **)&g_xq, &g_xq_cap, (long)n * stride, 1) || grow((void **)&g_sx, &g_sx_cap, n, sizeof(float)) ||
-        (sums && grow((void **)&g_xs, &g_xs_cap, (long)n * (stride / 32), sizeof(int32_t))))
-        return -1;
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    for (int r = 0; r < n; r++) { /* in % 8 == 0 (the native linear's rule) */
-        const float *xr = x + (long)r * in;
-        __m256 m = _mm256_setzero_ps();
-        int k = 0;
+/* room for n quantized rows of `stride` bytes (and their sums) */
+static int quant_alloc(int n, int stride, int sums) {
+    return grow((void **)&g_xq, &g_xq_cap, (long)n * stride, 1) || grow((void **)&g_sx, &g_sx_cap, n, sizeof(float)) ||
+           (sums && grow((void **)&g_xs, &g_xs_cap, (long)n * (stride / 32), sizeof(int32_t)));
+}
+
+/* Row xr [in] -> g_xq + r * stride: q (W8A8 stores q + 128 in unsigned bytes, W4A8 q itself in
+ * signed ones) then zeros up to stride; g_sx[r] its scale; with `sums`, g_xs the sums of q over each
+ * group of 32. Rows are independent: threads may quantize different rows at once. */
+static void quantize_row(const float *xr, int r, int in, int stride, int offset, int sums) {
+    const __m256 sign = _mm256_set1_ps(-0.0f); /* in % 8 == 0 (the native linear's rule) */
+    __m256 m = _mm256_setzero_ps();
+    int k = 0;
 #if defined(__AVX512F__) /* the same operations on 16 lanes (a max is exact in any order) */
-        __m512 m16 = _mm512_setzero_ps();
-        for (; k + 16 <= in; k += 16) m16 = _mm512_max_ps(m16, _mm512_abs_ps(_mm512_loadu_ps(xr + k)));
-        m = _mm256_max_ps(_mm512_castps512_ps256(m16), _mm512_extractf32x8_ps(m16, 1));
+    __m512 m16 = _mm512_setzero_ps();
+    for (; k + 16 <= in; k += 16) m16 = _mm512_max_ps(m16, _mm512_abs_ps(_mm512_loadu_ps(xr + k)));
+    m = _mm256_max_ps(_mm512_castps512_ps256(m16), _mm512_extractf32x8_ps(m16, 1));
 #endif
-        for (; k < in; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + k)));
-        float lanes[8], amax = 0.0f;
-        _mm256_storeu_ps(lanes, m);
-        for (int l = 0; l < 8; l++) amax = fmaxf(amax, lanes[l]);
-        const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-        g_sx[r] = amax > 0.0f ? amax / 127.0f : 0.0f;
-        uint8_t *q = g_xq + (long)r * stride;
-        const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), off = _mm256_set1_epi32(offset);
-        k = 0;
+    for (; k < in; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + k)));
+    float lanes[8], amax = 0.0f;
+    _mm256_storeu_ps(lanes, m);
+    for (int l = 0; l < 8; l++) amax = fmaxf(amax, lanes[l]);
+    const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    g_sx[r] = amax > 0.0f ? amax / 127.0f : 0.0f;
+    uint8_t *q = g_xq + (long)r * stride;
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), off = _mm256_set1_epi32(offset);
+    k = 0;
 #if defined(__AVX512F__) /* clamped to -127..127 (+ offset), so the truncating pack to bytes is exact */
-        for (; k + 16 <= in; k += 16) {
-            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), _mm512_set1_ps(inv[0])));
-            v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127)),
-                                 _mm512_set1_epi32(offset));
-            _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
-        }
-#endif
-        for (; k < in; k += 8) { /* round to nearest even (the default rounding mode) */
-            __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), inv));
-            v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi), off);
-            __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-            /* q + 128 fits unsigned bytes, q signed ones */
-            _mm_storel_epi64((__m128i *)(q + k), offset ? _mm_packus_epi16(p16, p16) : _mm_packs_epi16(p16, p16));
-        }
-        memset(q + in, offset, stride - in);
-        if (sums)
-            for (int g = 0; g < stride / 32; g++) {
-                int32_t s = 0;
-                for (int k = 0; k < 32; k++) s += (int8_t)q[32 * g + k];
-                g_xs[(long)r * (stride / 32) + g] = s;
-            }
+    for (; k + 16 <= in; k += 16) {
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), _mm512_set1_ps(inv[0])));
+        v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127)),
+                             _mm512_set1_epi32(offset));
+        _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtepi32_epi8(v));
     }
+#endif
+    for (; k < in; k += 8) { /* round to nearest even (the default rounding mode) */
+        __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), inv));
+        v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi), off);
+        __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        /* q + 128 fits unsigned bytes, q signed ones */
+        _mm_storel_epi64((__m128i *)(q + k), offset ? _mm_packus_epi16(p16, p16) : _mm_packs_epi16(p16, p16));
+    }
+    memset(q + in, offset, stride - in);
+    if (sums)
+        for (int g = 0; g < stride / 32; g++) {
+            int32_t s = 0;
+            for (int k = 0; k < 32; k++) s += (int8_t)q[32 * g + k];
+            g_xs[(long)r * (stride / 32) + g] = s;
+        }
+}
+
+static int quantize_rows(const float *x, int n, int in, int stride, int offset, int sums) {
+    if (quant_alloc(n, stride, sums)) return -1;
+    for (int r = 0; r < n; r++) quantize_row(x + (long)r * in, r, in, stride, offset, sums);
     return 0;
 }
 
@@ -484,6 +489,12 @@ static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc a
     }
 }
 
+/* panel j of a thread's stream of panels: its own (below p_end), then the next layer's first ones
+ * (the same panel size assumed: these are only fetched ahead), or NULL where there is none */
+static inline const char *panel_at(const QArgs *a, int j, long ps) {
+    return j < a->p_end ? (const char *)(a->w + (long)j * ps) : a->after ? a->after + (long)(j - a->p_end) * ps : NULL;
+}
+
 /* rows r0..r0+R-1 against panel p. The groups of rows also fetch panel p + QAHEAD, one line per
  * quad, the groups taking turns (group i the lines i, i + groups, ...): the hardware stops streaming
  * while later groups reread this panel from the cache, and without this the next panel's first group
@@ -492,9 +503,9 @@ static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc a
  * and the head at 16 rows, medians of 15, five alternating runs each: 3.55-4.33 against 4.10-4.70 ms). */
 static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, int r0, int p) {
     const int quads = a->in / 4, turns = (a->n + QROWS - 1) / QROWS;
-    const int8_t *wp = a->w + (long)p * quads * 64;
-    const char *ahead = p + QAHEAD < a->p_end ? (const char *)(wp + (long)QAHEAD * quads * 64)
-                      : a->after ? a->after + (long)(p + QAHEAD - a->p_end) * quads * 64 : NULL;
+    const long ps = (long)quads * 64;
+    const int8_t *wp = a->w + (long)p * ps;
+    const char *ahead = panel_at(a, p + QAHEAD, ps);
     const uint8_t *xr = g_xq + (long)r0 * a->in;
     qacc acc[QROWS][QH];
     for (int i = 0; i < R; i++)
@@ -561,7 +572,11 @@ static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, i
 #if QH == 1
 /* 8 rows against panels p and p + 1: each broadcast feeds two multiply-adds (in a tile of one panel
  * the broadcasts, one per multiply-add, capped vpdpbusd's rate at about half). A lane's sum takes the
- * same steps as in qtile. The groups of rows fetch panels p + 2 and p + 3 (as in qtile). Used for passes of
+ * same steps as in qtile. The groups of rows fetch panels p + 2 and p + 3 (as in qtile), and p + 4 and
+ * p + 5 into the second-level cache only (_MM_HINT_T1): a pass of 16 rows computes for longer than one
+ * panel pair takes to arrive, and the nearer fetch alone left the first rows of a pair waiting (W8A8,
+ * 16 rows, one process alternating builds: 4.51 -> 4.18 ms a pass; 3 or 4 pairs ahead: 4.27, 4.42;
+ * in qtile, for passes of 1-15 rows, the far fetch cost 7% at 1 and 4 rows). Used for passes of
  * Q2_FROM rows or more: below, where a pass is bound by memory, it was slower (8 rows: 1.14x). */
 #define Q2_FROM 16
 #define ROWS8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
@@ -569,14 +584,17 @@ static inline __attribute__((always_inline)) void qtile2(const QArgs *a, int r0,
     const int quads = a->in / 4;
     const long in = a->in, ps = (long)quads * 64;
     const int8_t *wp = a->w + (long)p * ps;
-    const char *ahead = p + 3 < a->p_end ? (const char *)(wp + 2 * ps) : a->after;
+    const char *ahead[2] = {panel_at(a, p + 2, ps), panel_at(a, p + 3, ps)};
+    const char *far[2] = {panel_at(a, p + 4, ps), panel_at(a, p + 5, ps)};
     const uint8_t *xr = g_xq + (long)r0 * in;
 #define Q2_ZERO(i) qacc c##i##a = qzero(), c##i##b = qzero();
     ROWS8(Q2_ZERO)
     for (int t = 0, next = r0 / 8; t < quads; t++) {
-        if (ahead && t == next) {
-            _mm_prefetch(ahead + (long)t * 64, _MM_HINT_T0);
-            _mm_prefetch(ahead + ps + (long)t * 64, _MM_HINT_T0);
+        if (t == next) {
+            for (int j = 0; j < 2; j++) {
+                if (ahead[j]) _mm_prefetch(ahead[j] + (long)t * 64, _MM_HINT_T0);
+                if (far[j]) _mm_prefetch(far[j] + (long)t * 64, _MM_HINT_T1);
+            }
             next += a->n / 8;
         }
         const qw w0 = qw_load(wp + t * 64), w1 = qw_load(wp + ps + t * 64);
@@ -607,7 +625,7 @@ static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
 
 static int linear_q8_then(const float *x, int n, int in, const void *w, const float *s, const int *wsum,
                           const float *b, float *y, int out, const void *next) {
-    if (quantize_rows(x, n, in, in, 128, 0)) return -1;
+    if (x && quantize_rows(x, n, in, in, 128, 0)) return -1; /* x NULL: quantized already (prepare_row) */
     QArgs a = {n, in, out, w, s, b, wsum, y, 0, NULL, next};
     parallel_for((out + 15) / 16, linear_q8_chunk, &a);
     return 0;
@@ -777,10 +795,11 @@ static void linear_q4_chunk(void *ctx, int p_lo, int p_hi) {
     PANELS(q4tile2, 4, Q4_FROM, q4tile, a, p_lo, p_hi)
 }
 
-/* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes) */
+/* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes); x NULL: quantized already
+ * (prepare_row) */
 int linear_q4(const float *x, int n, int in, const void *w, const float *b, float *y, int out) {
     const int groups = (in + 31) / 32;
-    if (quantize_rows(x, n, in, 32 * groups, 0, 1)) return -1;
+    if (x && quantize_rows(x, n, in, 32 * groups, 0, 1)) return -1;
     Q4Args a = {n, in, out, groups, w, b, y};
     parallel_for((out + 15) / 16, linear_q4_chunk, &a);
     return 0;
@@ -935,16 +954,29 @@ static const char *first_panels(const void *next, int p_lo, int panels) {
     return (const char *)l->w + (long)lo * l->in * 16;
 }
 
+/* The 8-bit activations of a W8A8 or W4A8 layer can be made row by row where their rows are made
+ * (residual, gated_act): in parallel, by the thread that holds the row. prep_for(l): l if its
+ * activations are quantized, else NULL; prep_alloc before such a region, prep_row in it. */
+static inline const Lin *prep_for(const Lin *l) { return l && (l->fmt == Q8 || l->fmt == Q4) ? l : NULL; }
+static int prep_alloc(const Lin *l, int n) {
+    return l ? quant_alloc(n, l->fmt == Q8 ? l->in : (l->in + 31) / 32 * 32, l->fmt == Q4) : 0;
+}
+static void prep_row(const Lin *l, const float *xr, int r) {
+    if (l->fmt == Q8) quantize_row(xr, r, l->in, l->in, 128, 0);
+    else quantize_row(xr, r, l->in, (l->in + 31) / 32 * 32, 0, 1);
+}
+
 /* 0, or -1 if memory ran out (the 8-bit activations of W8A8 and W4A8); next: the layer that runs
- * next (its first panels are fetched ahead), or NULL */
-static int linear(const Lin *l, const float *x, int n, float *y, const Lin *next) {
+ * next (its first panels are fetched ahead), or NULL; prepared: x's rows went through prep_row */
+static int linear(const Lin *l, const float *x, int n, float *y, const Lin *next, int prepared) {
     TIC;
     int err = 0;
+    const float *xq = prepared && prep_for(l) ? NULL : x; /* NULL: quantized already */
     if (l->fmt == F32) linear_f32(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
     else if (l->fmt == BF16) err = linear_bf16(x, n, l->in, l->w, l->bias, y, l->out);
     else if (l->fmt == I8) linear_i8(x, n, l->in, l->w, l->scale, l->bias, y, l->out);
-    else if (l->fmt == Q8) err = linear_q8_then(x, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out, next);
-    else err = linear_q4(x, n, l->in, l->w, l->bias, y, l->out);
+    else if (l->fmt == Q8) err = linear_q8_then(xq, n, l->in, l->w, l->scale, l->wsum, l->bias, y, l->out, next);
+    else err = linear_q4(xq, n, l->in, l->w, l->bias, y, l->out);
     TOC(0);
     return err;
 }
@@ -1443,8 +1475,9 @@ void rmsnorm(const float *x, int n, int d, const float *w, float eps, float offs
 
 /* The step between two of a layer's linears, each row on its own (threads split the rows):
  * add = rmsnorm(add, post) (Gemma's post-norms; none: unchanged), x += add, y = rmsnorm(x, norm)
- * (none: y untouched). With add NULL only the last norm runs. */
-typedef struct { float *x, *add, *y; const float *post, *norm; int d; float eps, offset; } ResArgs;
+ * (none: y untouched), then y's row prepared for linear `prep` (prep_for; NULL: none). With add
+ * NULL only the last norm runs. */
+typedef struct { float *x, *add, *y; const float *post, *norm; int d; float eps, offset; const Lin *prep; } ResArgs;
 
 static void residual_chunk(void *ctx, int r_lo, int r_hi) {
     const ResArgs *a = ctx;
@@ -1457,18 +1490,21 @@ static void residual_chunk(void *ctx, int r_lo, int r_hi) {
             for (int k = 0; k < d; k++) xr[k] += ar[k];
         }
         if (a->norm) rmsnorm_row(xr, d, a->norm, a->eps, a->offset, a->y + (long)r * d);
+        if (a->prep) prep_row(a->prep, a->y + (long)r * d, r);
     }
 }
 
-static void residual(float *x, float *add, const float *post, const float *norm, int n, int d, float eps,
-                     float offset, float *y) {
-    ResArgs a = {x, add, y, post, norm, d, eps, offset};
+static int residual(float *x, float *add, const float *post, const float *norm, int n, int d, float eps,
+                    float offset, float *y, const Lin *prep) {
+    ResArgs a = {x, add, y, post, norm, d, eps, offset, norm ? prep : NULL};
+    if (prep_alloc(a.prep, n)) return -1;
     parallel_for(n, residual_chunk, &a);
+    return 0;
 }
 
 /* gu: [n, 2*m] (gate then up), m % 8 == 0; y[n, m] = act(gate) * up; act 0 = silu, 1 = gelu-tanh
- * (tanh z = 1 - 2 / (e^(2z) + 1)) */
-typedef struct { const float *gu; int m, act; float *y; } ActArgs;
+ * (tanh z = 1 - 2 / (e^(2z) + 1)); each row of y then prepared for linear `prep` (as residual's) */
+typedef struct { const float *gu; int m, act; float *y; const Lin *prep; } ActArgs;
 
 static void gated_act_chunk(void *ctx, int r_lo, int r_hi) {
     const ActArgs *p = ctx;
@@ -1498,13 +1534,18 @@ static void gated_act_chunk(void *ctx, int r_lo, int r_hi) {
             }
             _mm256_storeu_ps(y + (long)r * m + k, _mm256_mul_ps(a, u));
         }
+        if (p->prep) prep_row(p->prep, y + (long)r * m, r);
     }
 }
 
-void gated_act(const float *gu, int n, int m, int act, float *y) {
-    ActArgs a = {gu, m, act, y};
+static int gated_act_then(const float *gu, int n, int m, int act, float *y, const Lin *prep) {
+    ActArgs a = {gu, m, act, y, prep};
+    if (prep_alloc(prep, n)) return -1;
     parallel_for(n, gated_act_chunk, &a);
+    return 0;
 }
+
+void gated_act(const float *gu, int n, int m, int act, float *y) { gated_act_then(gu, n, m, act, y, NULL); }
 
 /* x[d] rotated by halves in place: (a, b) -> (a cos - b sin, b cos + a sin) */
 static void rope(float *x, int d, const float *cos, const float *sin) {
@@ -1597,37 +1638,44 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
                   float *logits) {
     const int H = m->hidden, h = m->heads, kv = m->kv_heads, d = m->d, qkvw = (h + 2 * kv) * d;
     const float eps = m->eps, off = m->norm_offset;
-    float *t1 = malloc(sizeof(float) * (size_t)n * H), *t2 = malloc(sizeof(float) * (size_t)n * H);
-    float *qkv = malloc(sizeof(float) * (size_t)n * qkvw), *att = malloc(sizeof(float) * (size_t)n * h * d);
-    float *gu = malloc(sizeof(float) * (size_t)n * 2 * m->inter), *act = malloc(sizeof(float) * (size_t)n * m->inter);
-    float *q = malloc(sizeof(float) * (size_t)n * h * d);
-    int ok = t1 && t2 && qkv && att && gu && act && q;
-    if (ok && m->n_layers > 0) { TIC; residual(x, NULL, NULL, m->layers[0].attn_norm, n, H, eps, off, t1); TOC(2); }
+    static float *g_fw; /* the pass's buffers, kept from pass to pass (one caller at a time) */
+    static long g_fw_cap;
+    if (grow((void **)&g_fw, &g_fw_cap, (long)n * (2 * H + qkvw + 2 * h * d + 3 * m->inter), sizeof(float))) return -1;
+    float *t1 = g_fw, *t2 = t1 + (long)n * H, *qkv = t2 + (long)n * H, *att = qkv + (long)n * qkvw;
+    float *gu = att + (long)n * h * d, *act = gu + (long)n * 2 * m->inter, *q = act + (long)n * m->inter;
+    /* each step runs while every step before succeeded (ok: no allocation failed); a linear's
+     * activations are prepared by the step that makes its rows (prep_for), except o's and the head's */
+    int ok = 1;
+    if (m->n_layers > 0) {
+        TIC;
+        ok = !residual(x, NULL, NULL, m->layers[0].attn_norm, n, H, eps, off, t1, prep_for(&m->layers[0].qkv));
+        TOC(2);
+    }
     for (int li = 0; ok && li < m->n_layers; li++) {
-        const LayerW *L = &m->layers[li];
-        if (linear(&L->qkv, t1, n, qkv, &L->o)) ok = 0;
-        {
+        const LayerW *L = &m->layers[li], *L2 = li + 1 < m->n_layers ? &m->layers[li + 1] : NULL;
+        ok = !linear(&L->qkv, t1, n, qkv, &L->o, 1);
+        if (ok) {
+            { TIC; QkvArgs qa = {m, L, qkv, q, slot, pos}; parallel_for(n, qkv_rows_chunk, &qa); TOC(2); }
+            { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, lo, hi, extra, count, max_extra, m->attn_scale,
+                             L->window, pos, att, m->kv_bf16); TOC(1); }
+        }
+        ok = ok && !linear(&L->o, att, n, t2, &L->gu, 0);
+        if (ok) { TIC; ok = !residual(x, t2, L->post_attn_norm, L->mlp_norm, n, H, eps, off, t1, prep_for(&L->gu)); TOC(2); }
+        ok = ok && !linear(&L->gu, t1, n, gu, &L->down, 1);
+        if (ok) { TIC; ok = !gated_act_then(gu, n, m->inter, m->act, act, prep_for(&L->down)); TOC(2); }
+        ok = ok && !linear(&L->down, act, n, t2, L2 ? &L2->qkv : logits ? &m->head : NULL, 1);
+        if (ok) {
             TIC;
-            QkvArgs qa = {m, L, qkv, q, slot, pos};
-            parallel_for(n, qkv_rows_chunk, &qa);
+            ok = !residual(x, t2, L->post_mlp_norm, L2 ? L2->attn_norm : NULL, n, H, eps, off, t1,
+                           L2 ? prep_for(&L2->qkv) : NULL);
             TOC(2);
         }
-        { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, lo, hi, extra, count, max_extra, m->attn_scale,
-                         L->window, pos, att, m->kv_bf16); TOC(1); }
-        if (linear(&L->o, att, n, t2, &L->gu)) ok = 0;
-        { TIC; residual(x, t2, L->post_attn_norm, L->mlp_norm, n, H, eps, off, t1); TOC(2); }
-        if (linear(&L->gu, t1, n, gu, &L->down)) ok = 0;
-        { TIC; gated_act(gu, n, m->inter, m->act, act); TOC(2); }
-        const LayerW *L2 = li + 1 < m->n_layers ? &m->layers[li + 1] : NULL;
-        if (linear(&L->down, act, n, t2, L2 ? &L2->qkv : logits ? &m->head : NULL)) ok = 0;
-        { TIC; residual(x, t2, L->post_mlp_norm, L2 ? L2->attn_norm : NULL, n, H, eps, off, t1); TOC(2); }
     }
     if (ok && logits && head_from < n) {
         const int rows = n - head_from;
         { TIC; rmsnorm(x + (long)head_from * H, rows, H, m->final_norm, eps, off, t1); TOC(2); }
-        if (linear(&m->head, t1, rows, logits, NULL)) ok = 0;
+        ok = !linear(&m->head, t1, rows, logits, NULL, 0);
     }
-    free(t1); free(t2); free(qkv); free(att); free(gu); free(act); free(q);
     return ok ? 0 : -1;
 }
 
