@@ -43,8 +43,8 @@ SIGNATURES = {
     "stream_sum": [_P, ctypes.c_long],
     "peak_macs": [_I, ctypes.c_long],
 }
-RESULTS = {"model_forward": ctypes.c_int, "linear_bf16": ctypes.c_int, "linear_q8": ctypes.c_int,
-           "linear_q4": ctypes.c_int, "stream_sum": ctypes.c_double,
+RESULTS = {"model_forward": ctypes.c_int, "attention": ctypes.c_int, "linear_bf16": ctypes.c_int,
+           "linear_q8": ctypes.c_int, "linear_q4": ctypes.c_int, "stream_sum": ctypes.c_double,
            "peak_macs": ctypes.c_double}  # the rest return nothing
 
 

@@ -212,9 +212,11 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cac
     pos = positions if positions is not None else torch.zeros(n, dtype=torch.int32)
     lo, hi = torch.zeros(n, dtype=torch.int32), torch.full((n,), cached, dtype=torch.int32)
     offsets = (extra - cached).to(torch.int32).contiguous()  # the kernel takes them from hi
-    kernels().attention(q.data_ptr(), n, heads, kv_heads, d, k_cache.data_ptr(), v_cache.data_ptr(), max_len,
-                        lo.data_ptr(), hi.data_ptr(), offsets.data_ptr(), count.data_ptr(), extra.shape[1], scale,
-                        window, pos.data_ptr(), out.data_ptr(), int(k_cache.dtype == torch.bfloat16))
+    err = kernels().attention(q.data_ptr(), n, heads, kv_heads, d, k_cache.data_ptr(), v_cache.data_ptr(), max_len,
+                              lo.data_ptr(), hi.data_ptr(), offsets.data_ptr(), count.data_ptr(), extra.shape[1],
+                              scale, window, pos.data_ptr(), out.data_ptr(), int(k_cache.dtype == torch.bfloat16))
+    if err:
+        raise MemoryError("attention ran out of memory")
     return out
 
 

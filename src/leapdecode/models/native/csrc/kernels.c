@@ -1005,6 +1005,7 @@ typedef struct {
     const int *lo, *hi, *extra, *count, *pos;
     float *out, scale;
     int heads, kv_heads, d, max_len, max_extra, window, cap, hs, n, rows_per_job, kvb; /* hs: heads per job */
+    atomic_int failed; /* a thread's scratch could not be had */
 } AttentionArgs;
 
 static inline float *out_row(const AttentionArgs *a, int j, int h) { return a->out + ((long)j * a->heads + h) * a->d; }
@@ -1369,17 +1370,26 @@ static inline __attribute__((always_inline)) void softmax_heads(int HS, float *c
     for (int i = 0; i < HS; i++) inv[i] = _mm256_set1_ps(1.f / hsum8(sum[i]));
 }
 
+/* each thread's scratch for attention_chunk, kept from call to call */
+static __thread char *t_scratch;
+static __thread long t_scratch_cap;
+
 static void attention_chunk(void *ctx, int job_lo, int job_hi) {
-    const AttentionArgs *a = ctx;
+    AttentionArgs *a = ctx;
     const int heads = a->heads, d = a->d, max_len = a->max_len, R = a->rows_per_job;
     const int group = heads / a->kv_heads, hs = a->hs, per_group = (group + hs - 1) / hs, units = (a->n + R - 1) / R;
     const __m128 scale = _mm_set1_ps(a->scale);
     const long row = a->cap + 8, size = a->kvb ? 2 : 4; /* size: bytes of a key's or value's element */
-    float *buf = malloc(sizeof(float) * (size_t)row * HS_MAX * 2);
-    int *slots = malloc(sizeof(int) * (size_t)row * 2);
-    /* with a bfloat16 cache: the queries and the softmax's weights in bfloat16 */
-    uint16_t *qb = a->kvb ? malloc(sizeof(uint16_t) * (size_t)d * HS_MAX * 2) : NULL;
-    uint16_t *pb = a->kvb ? malloc(sizeof(uint16_t) * (size_t)row * HS_MAX * 2) : NULL;
+    /* scores, slots, and with a bfloat16 cache the queries and the softmax's weights in bfloat16 */
+    const long nbuf = row * HS_MAX * 2 * 4, nslots = row * 2 * 4, nqb = a->kvb ? (long)d * HS_MAX * 2 * 2 : 0;
+    if (grow((void **)&t_scratch, &t_scratch_cap, nbuf + nslots + nqb + (a->kvb ? row * HS_MAX * 2 * 2 : 0), 1)) {
+        atomic_store(&a->failed, 1);
+        return;
+    }
+    float *buf = (float *)t_scratch;
+    int *slots = (int *)(t_scratch + nbuf);
+    uint16_t *qb = a->kvb ? (uint16_t *)(t_scratch + nbuf + nslots) : NULL;
+    uint16_t *pb = a->kvb ? (uint16_t *)(t_scratch + nbuf + nslots + nqb) : NULL;
     for (int job = job_lo; job < job_hi; job++) { /* rows u R .. u R + R - 1; heads h0 .. h0 + n_h - 1 of group g */
         const int g = job / (units * per_group), u = job / per_group % units; /* group-major: a thread's
             jobs share their groups' keys and values, which are then read from memory by fewer threads */
@@ -1432,15 +1442,12 @@ static void attention_chunk(void *ctx, int job_lo, int job_hi) {
             pv_any(n_h, a->kvb, pv + r * n_h, shared, m[r], slot[r], vb, d, inv + r * n_h, o + r * n_h,
                    shared ? PV_RESUME : 0);
     }
-    free(buf);
-    free(slots);
-    free(qb);
-    free(pb);
 }
 
-void attention(const float *q, int n, int heads, int kv_heads, int d, const void *kc, const void *vc,
-               int max_len, const int *lo, const int *hi, const int *extra, const int *count, int max_extra,
-               float scale, int window, const int *pos, float *out, int kvb) {
+/* 0, or -1 if memory ran out */
+int attention(const float *q, int n, int heads, int kv_heads, int d, const void *kc, const void *vc,
+              int max_len, const int *lo, const int *hi, const int *extra, const int *count, int max_extra,
+              float scale, int window, const int *pos, float *out, int kvb) {
     int widest = 0;
     for (int j = 0; j < n; j++) if (hi[j] - lo[j] > widest) widest = hi[j] - lo[j];
     /* up to 3 heads of a group per job, fewer where that leaves some threads without two jobs */
@@ -1453,8 +1460,9 @@ void attention(const float *q, int n, int heads, int kv_heads, int d, const void
     if ((n + 1) / 2 * kv_heads * ((group + hs - 1) / hs) >= 2 * g_threads) rows_per_job = 2;
 #endif
     AttentionArgs a = {q, kc, vc, lo, hi, extra, count, pos, out, scale, heads, kv_heads, d, max_len, max_extra,
-                       window, widest + max_extra + 1, hs, n, rows_per_job, kvb};
+                       window, widest + max_extra + 1, hs, n, rows_per_job, kvb, 0};
     parallel_for((n + rows_per_job - 1) / rows_per_job * kv_heads * ((group + hs - 1) / hs), attention_chunk, &a);
+    return atomic_load(&a.failed) ? -1 : 0;
 }
 
 /* y[n, d] = x * rsqrt(mean(x^2) + eps) * (w + offset); offset = 1 for Gemma's (1 + w) */
@@ -1656,8 +1664,10 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
         ok = !linear(&L->qkv, t1, n, qkv, &L->o, 1);
         if (ok) {
             { TIC; QkvArgs qa = {m, L, qkv, q, slot, pos}; parallel_for(n, qkv_rows_chunk, &qa); TOC(2); }
-            { TIC; attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, lo, hi, extra, count, max_extra, m->attn_scale,
-                             L->window, pos, att, m->kv_bf16); TOC(1); }
+            TIC;
+            ok = !attention(q, n, h, kv, d, L->kc, L->vc, m->max_len, lo, hi, extra, count, max_extra, m->attn_scale,
+                            L->window, pos, att, m->kv_bf16);
+            TOC(1);
         }
         ok = ok && !linear(&L->o, att, n, t2, &L->gu, 0);
         if (ok) { TIC; ok = !residual(x, t2, L->post_attn_norm, L->mlp_norm, n, H, eps, off, t1, prep_for(&L->gu)); TOC(2); }
