@@ -128,8 +128,9 @@ HUGE_PAGE = 2 << 20
 def huge_empty(nbytes: int) -> torch.Tensor:
     """An uninitialized uint8 tensor of `nbytes` in fresh anonymous memory, 2 MiB-aligned, that the
     kernel is asked to back with 2 MiB pages (transparent huge pages, `madvise`; where they are off
-    it gets ordinary pages). Streaming the weights through 4 KiB pages cost a TLB miss per page and
-    stopped the hardware's prefetching at each page: passes were 5-15% slower (docs/runtime.md)."""
+    it gets ordinary pages). Streaming the weights through 4 KiB pages costs a TLB miss per page and
+    stops the hardware's prefetching at each page: passes were 5-14% slower in some of this host's
+    minutes and no slower in others (docs/runtime.md)."""
     buf = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared: no THP
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:

@@ -625,7 +625,7 @@ static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
 
 static int linear_q8_then(const float *x, int n, int in, const void *w, const float *s, const int *wsum,
                           const float *b, float *y, int out, const void *next) {
-    if (x && quantize_rows(x, n, in, in, 128, 0)) return -1; /* x NULL: quantized already (prepare_row) */
+    if (x && quantize_rows(x, n, in, in, 128, 0)) return -1; /* x NULL: quantized already (prep_row) */
     QArgs a = {n, in, out, w, s, b, wsum, y, 0, NULL, next};
     parallel_for((out + 15) / 16, linear_q8_chunk, &a);
     return 0;
@@ -796,7 +796,7 @@ static void linear_q4_chunk(void *ctx, int p_lo, int p_hi) {
 }
 
 /* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes); x NULL: quantized already
- * (prepare_row) */
+ * (prep_row) */
 int linear_q4(const float *x, int n, int in, const void *w, const float *b, float *y, int out) {
     const int groups = (in + 31) / 32;
     if (x && quantize_rows(x, n, in, 32 * groups, 0, 1)) return -1;
