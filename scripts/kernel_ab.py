@@ -58,7 +58,7 @@ def load(path: Path) -> build.Kernels:
 def small_pages(target: target_mod.NativeTarget) -> None:
     """The target's weights and cache copied into ordinary (4 KiB-page) tensors, the C view rebuilt."""
     m = target.m
-    for w in [w for layer in m.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [m.head]:
+    for w in m.linears():
         w.data = w.data.clone()
     target.k_cache, target.v_cache = target.k_cache.clone(), target.v_cache.clone()
     target._c_model, target._keep = target_mod._c_model(m, target.k_cache, target.v_cache, target.max_len,

@@ -118,10 +118,9 @@ def pass_macs(target: Any, k: int, context: int) -> dict[str, int]:
     (every weight once per input, the head included) and attention's scores and weighted values (of
     every head over the keys each input sees: the cache, its ancestors and itself)."""
     m = target.m
-    weights = [m.head] + [w for layer in m.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     keys = k * context + k * (k + 1) // 2
     attention = len(m.layers) * m.heads * m.head_dim * keys
-    return {"linear": k * sum(w.shape[0] * w.shape[1] for w in weights), "scores": attention, "values": attention}
+    return {"linear": k * sum(w.shape[0] * w.shape[1] for w in m.linears()), "scores": attention, "values": attention}
 
 
 def _passes(target: Any, ks: list[int], context: int, repeat: int, bandwidth: float, log: Any) -> list[dict]:

@@ -64,6 +64,11 @@ class Model:
     attn_scale: float | None = None  # default head_dim ** -0.5
     embed_scale: float = 1.0  # Gemma multiplies the embeddings by sqrt(hidden)
 
+    def linears(self) -> list[Weight]:
+        """Every linear layer's weight in the order a pass reads them: each layer's qkv, o, gate_up
+        and down, then the head."""
+        return [w for layer in self.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [self.head]
+
 
 def _tensors(directory: Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}

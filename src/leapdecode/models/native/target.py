@@ -70,7 +70,7 @@ class NativeTarget:
         kernels().set_threads(self.threads)
         self.m: Model = load_model(self.directory, dtype)
         m = self.m
-        ops.to_huge_pages([w for layer in m.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [m.head])
+        ops.to_huge_pages(m.linears())
         self.vocab_size = m.head.shape[0]
         self.max_len = max_len
         self.context_window = min(max_len, int(m.config.get("max_position_embeddings") or max_len))

@@ -358,16 +358,21 @@ static int grow(void **p, long *cap, long need, size_t size) {
     return 0;
 }
 
-/* room for n quantized rows of `stride` bytes (and their sums) */
-static int quant_alloc(int n, int stride, int sums) {
+/* bytes of a quantized row for weights in format fmt (Q8: `in`; Q4: padded to its groups of 32) */
+static inline int quant_stride(int fmt, int in) { return fmt == Q8 ? in : (in + 31) / 32 * 32; }
+
+/* room for n quantized rows of `in` activations for weights in format fmt (Q4: and their sums) */
+static int quant_alloc(int fmt, int n, int in) {
+    const int stride = quant_stride(fmt, in);
     return grow((void **)&g_xq, &g_xq_cap, (long)n * stride, 1) || grow((void **)&g_sx, &g_sx_cap, n, sizeof(float)) ||
-           (sums && grow((void **)&g_xs, &g_xs_cap, (long)n * (stride / 32), sizeof(int32_t)));
+           (fmt == Q4 && grow((void **)&g_xs, &g_xs_cap, (long)n * (stride / 32), sizeof(int32_t)));
 }
 
-/* Row xr [in] -> g_xq + r * stride: q (W8A8 stores q + 128 in unsigned bytes, W4A8 q itself in
- * signed ones) then zeros up to stride; g_sx[r] its scale; with `sums`, g_xs the sums of q over each
- * group of 32. Rows are independent: threads may quantize different rows at once. */
-static void quantize_row(const float *xr, int r, int in, int stride, int offset, int sums) {
+/* Row xr [in] -> g_xq + r * stride: q (Q8, W8A8, stores q + 128 in unsigned bytes, Q4, W4A8, q
+ * itself in signed ones) then zeros up to stride; g_sx[r] its scale; for Q4, g_xs the sums of q over
+ * each group of 32. Rows are independent: threads may quantize different rows at once. */
+static void quantize_row(int fmt, const float *xr, int r, int in) {
+    const int stride = quant_stride(fmt, in), offset = fmt == Q8 ? 128 : 0, sums = fmt == Q4;
     const __m256 sign = _mm256_set1_ps(-0.0f); /* in % 8 == 0 (the native linear's rule) */
     __m256 m = _mm256_setzero_ps();
     int k = 0;
@@ -409,9 +414,9 @@ static void quantize_row(const float *xr, int r, int in, int stride, int offset,
         }
 }
 
-static int quantize_rows(const float *x, int n, int in, int stride, int offset, int sums) {
-    if (quant_alloc(n, stride, sums)) return -1;
-    for (int r = 0; r < n; r++) quantize_row(x + (long)r * in, r, in, stride, offset, sums);
+static int quantize_rows(int fmt, const float *x, int n, int in) {
+    if (quant_alloc(fmt, n, in)) return -1;
+    for (int r = 0; r < n; r++) quantize_row(fmt, x + (long)r * in, r, in);
     return 0;
 }
 
@@ -625,7 +630,7 @@ static void linear_q8_chunk(void *ctx, int p_lo, int p_hi) {
 
 static int linear_q8_then(const float *x, int n, int in, const void *w, const float *s, const int *wsum,
                           const float *b, float *y, int out, const void *next) {
-    if (x && quantize_rows(x, n, in, in, 128, 0)) return -1; /* x NULL: quantized already (prep_row) */
+    if (x && quantize_rows(Q8, x, n, in)) return -1; /* x NULL: quantized already (by its rows' maker) */
     QArgs a = {n, in, out, w, s, b, wsum, y, 0, NULL, next};
     parallel_for((out + 15) / 16, linear_q8_chunk, &a);
     return 0;
@@ -795,11 +800,11 @@ static void linear_q4_chunk(void *ctx, int p_lo, int p_hi) {
     PANELS(q4tile2, 4, Q4_FROM, q4tile, a, p_lo, p_hi)
 }
 
-/* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes); x NULL: quantized already
- * (prep_row) */
+/* w: packed as above ([ceil(out / 16)][ceil(in / 32)][320] bytes); x NULL: quantized already (by its
+ * rows' maker) */
 int linear_q4(const float *x, int n, int in, const void *w, const float *b, float *y, int out) {
     const int groups = (in + 31) / 32;
-    if (x && quantize_rows(x, n, in, 32 * groups, 0, 1)) return -1;
+    if (x && quantize_rows(Q4, x, n, in)) return -1;
     Q4Args a = {n, in, out, groups, w, b, y};
     parallel_for((out + 15) / 16, linear_q4_chunk, &a);
     return 0;
@@ -955,19 +960,12 @@ static const char *first_panels(const void *next, int p_lo, int panels) {
 }
 
 /* The 8-bit activations of a W8A8 or W4A8 layer can be made row by row where their rows are made
- * (residual, gated_act): in parallel, by the thread that holds the row. prep_for(l): l if its
- * activations are quantized, else NULL; prep_alloc before such a region, prep_row in it. */
+ * (residual, gated_act): in parallel, by the thread that holds the row (quant_alloc before such a
+ * region, quantize_row in it). prep_for(l): l if its activations are quantized, else NULL. */
 static inline const Lin *prep_for(const Lin *l) { return l && (l->fmt == Q8 || l->fmt == Q4) ? l : NULL; }
-static int prep_alloc(const Lin *l, int n) {
-    return l ? quant_alloc(n, l->fmt == Q8 ? l->in : (l->in + 31) / 32 * 32, l->fmt == Q4) : 0;
-}
-static void prep_row(const Lin *l, const float *xr, int r) {
-    if (l->fmt == Q8) quantize_row(xr, r, l->in, l->in, 128, 0);
-    else quantize_row(xr, r, l->in, (l->in + 31) / 32 * 32, 0, 1);
-}
 
 /* 0, or -1 if memory ran out (the 8-bit activations of W8A8 and W4A8); next: the layer that runs
- * next (its first panels are fetched ahead), or NULL; prepared: x's rows went through prep_row */
+ * next (its first panels are fetched ahead), or NULL; prepared: x's rows were quantized (prep_for) */
 static int linear(const Lin *l, const float *x, int n, float *y, const Lin *next, int prepared) {
     TIC;
     int err = 0;
@@ -1498,14 +1496,14 @@ static void residual_chunk(void *ctx, int r_lo, int r_hi) {
             for (int k = 0; k < d; k++) xr[k] += ar[k];
         }
         if (a->norm) rmsnorm_row(xr, d, a->norm, a->eps, a->offset, a->y + (long)r * d);
-        if (a->prep) prep_row(a->prep, a->y + (long)r * d, r);
+        if (a->prep) quantize_row(a->prep->fmt, a->y + (long)r * d, r, a->prep->in);
     }
 }
 
 static int residual(float *x, float *add, const float *post, const float *norm, int n, int d, float eps,
                     float offset, float *y, const Lin *prep) {
     ResArgs a = {x, add, y, post, norm, d, eps, offset, norm ? prep : NULL};
-    if (prep_alloc(a.prep, n)) return -1;
+    if (a.prep && quant_alloc(a.prep->fmt, n, a.prep->in)) return -1;
     parallel_for(n, residual_chunk, &a);
     return 0;
 }
@@ -1542,13 +1540,13 @@ static void gated_act_chunk(void *ctx, int r_lo, int r_hi) {
             }
             _mm256_storeu_ps(y + (long)r * m + k, _mm256_mul_ps(a, u));
         }
-        if (p->prep) prep_row(p->prep, y + (long)r * m, r);
+        if (p->prep) quantize_row(p->prep->fmt, y + (long)r * m, r, p->prep->in);
     }
 }
 
 static int gated_act_then(const float *gu, int n, int m, int act, float *y, const Lin *prep) {
     ActArgs a = {gu, m, act, y, prep};
-    if (prep_alloc(prep, n)) return -1;
+    if (prep && quant_alloc(prep->fmt, n, prep->in)) return -1;
     parallel_for(n, gated_act_chunk, &a);
     return 0;
 }
