@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from . import tree, verify
+from . import rowops, tree, verify
 from .config import GenerationConfig
 from .drafters import DEFAULT_METHOD, EMPTY_DRAFT, Draft, Drafter, StepResult, TargetInfo, make_drafter
 from .budget import AutoBudget, cached_pass_costs
@@ -285,7 +285,7 @@ class Engine:
             inputs = [context[-1], *draft.tokens]
             logits = target.forward(inputs, layout.depths, layout.mask)  # [n + 1, vocab]
             if greedy:
-                path, bonus = verify.greedy(logits.argmax(-1).tolist(), inputs, layout.children)
+                path, bonus = verify.greedy(rowops.argmax(logits), inputs, layout.children)
             else:
                 path, bonus = verify.sample(
                     warp(logits), inputs, layout.children, generator, draft.probs

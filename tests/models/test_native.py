@@ -84,6 +84,32 @@ def test_weights_moved_to_huge_pages_compute_the_same(w_fp32):
     assert ops.huge_empty(100).data_ptr() % ops.HUGE_PAGE == 0
 
 
+def test_rowops_argmax_and_topk_of_the_kernels():
+    """Each row's argmax on the kernels is torch's (the first of tied maxima; -0 and +0 equal; a row
+    of -inf; a NaN row answered by torch), and the top k is ordered by value, ties by lower index."""
+    from leapdecode import rowops
+    from leapdecode.models.native.build import kernels
+
+    kernels()  # loaded: rowops takes the kernels from now on
+    torch.manual_seed(3)
+    x = torch.randint(-4, 4, (6, 37)).float()  # many ties; 37: past the 32-wide sweep and the 8-wide one
+    x[1] = float("-inf")
+    x[2, :] = 0.0
+    x[2, 5], x[2, 9] = -0.0, 1.0
+    x[3, 36] = 9.0  # the largest in the tail
+    wide = torch.randn(4, 1000)
+    for rows in (x, wide, x[2:3]):
+        assert rowops._kernels(rows) is not None
+        assert rowops.argmax(rows) == rows.argmax(-1).tolist()
+        for k in (1, 5, 37 if rows.shape[1] == 37 else 64):
+            assert torch.equal(rowops.topk(rows, k), torch.sort(-rows, dim=-1, stable=True).indices[:, :k])
+    nan = x.clone()
+    nan[4, 7] = float("nan")
+    assert rowops.argmax(nan) == nan.argmax(-1).tolist() and rowops.argmax(nan)[4] == 7
+    assert torch.equal(rowops.topk(nan, 3), nan.topk(3, dim=-1).indices)
+    assert rowops._kernels(x.T) is None and rowops._kernels(x.double()) is None  # torch's turn
+
+
 def test_kernels_of_avx2_only_cpus():
     """The 8-lane build (what AVX2-only machines compile) passes the kernel tests here too."""
     import os
@@ -92,7 +118,7 @@ def test_kernels_of_avx2_only_cpus():
 
     env = {**os.environ, "LEAPDECODE_NATIVE_AVX2": "1"}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "linear_ or attention_matches"], env=env, capture_output=True, text=True)
+                          "-k", "linear_ or attention_matches or rowops"], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout
 

@@ -37,6 +37,7 @@ import random
 from collections import deque
 from typing import Sequence
 
+from .. import rowops
 from .base import EMPTY_DRAFT, Draft, Drafter, DraftTrie, StepResult, check_int
 
 
@@ -212,7 +213,7 @@ class LookaheadDrafter(Drafter):
     def _jacobi_step(self, result: StepResult) -> None:
         """New window iterate from the target's argmax after the root and each window node."""
         rows = [0] + [node + 1 for node in self._window_nodes]
-        argmax = result.logits[rows].argmax(dim=-1).tolist()  # [fed + 1]
+        argmax = rowops.argmax(result.logits[rows])  # [fed + 1]
         predicted = {self.anchor + i: int(t) for i, t in enumerate(argmax)}
         if self.guesses:
             for gram in diagonal_ngrams(self.levels, predicted, self.ngram):

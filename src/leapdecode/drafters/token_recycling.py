@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .. import rowops
 from .base import EMPTY_DRAFT, Draft, Drafter, DraftTrie, StepResult
 
 RankPath = tuple[int, ...]
@@ -246,6 +247,6 @@ class TokenRecyclingDrafter(Drafter):
             if 0 <= token < vocab:
                 row_of[token] = j
         width = min(self.k, vocab)
-        top = logits.topk(width, dim=-1).indices.cpu()  # [n + 1, width], best first
+        top = rowops.topk(logits, width).cpu()  # [n + 1, width], best first
         updated = torch.tensor(list(row_of), dtype=torch.long)
         self.matrix[updated, :width] = top[list(row_of.values())]

@@ -42,10 +42,12 @@ SIGNATURES = {
     "model_forward": [_P, _P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _P],
     "stream_sum": [_P, ctypes.c_long],
     "peak_macs": [_I, ctypes.c_long],
+    "argmax_rows": [_P, _I, _I, _P],
+    "topk_rows": [_P, _I, _I, _I, _P],
 }
 RESULTS = {"model_forward": ctypes.c_int, "attention": ctypes.c_int, "linear_bf16": ctypes.c_int,
            "linear_q8": ctypes.c_int, "linear_q4": ctypes.c_int, "stream_sum": ctypes.c_double,
-           "peak_macs": ctypes.c_double}  # the rest return nothing
+           "peak_macs": ctypes.c_double, "argmax_rows": ctypes.c_int, "topk_rows": ctypes.c_int}  # the rest return nothing
 
 
 def _cpu_flags() -> str:

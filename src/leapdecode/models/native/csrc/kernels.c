@@ -1687,6 +1687,98 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
     return ok ? 0 : -1;
 }
 
+/* ---- each row's argmax and top k (the engine's verification, Token Recycling's successors) ----
+ * Over rows of m floats, one thread a row: torch.argmax's result (the first of tied maxima: the
+ * largest value, then the first index holding it), and the top k by value, ties by the lower index. A row with a NaN makes the call return -1 (the
+ * caller then asks torch, whose NaN order these do not copy). */
+typedef struct { const float *v; int m, k; int64_t *out; atomic_int nan; } RowArgs;
+
+static void argmax_chunk(void *ctx, int r_lo, int r_hi) {
+    RowArgs *a = ctx;
+    const int m = a->m, m32 = m & ~31;
+    for (int r = r_lo; r < r_hi; r++) {
+        const float *v = a->v + (long)r * m;
+        /* the largest value (four independent chains of 8 lanes; NaNs noted apart, max_ps drops them) */
+        __m256 mx[4], bad = _mm256_setzero_ps();
+        for (int c = 0; c < 4; c++) mx[c] = _mm256_set1_ps(-INFINITY);
+        int t = 0;
+        for (; t < m32; t += 32)
+            for (int c = 0; c < 4; c++) {
+                const __m256 x = _mm256_loadu_ps(v + t + 8 * c);
+                mx[c] = _mm256_max_ps(mx[c], x);
+                bad = _mm256_or_ps(bad, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+            }
+        float lanes[8], top = -INFINITY;
+        _mm256_storeu_ps(lanes, _mm256_max_ps(_mm256_max_ps(mx[0], mx[1]), _mm256_max_ps(mx[2], mx[3])));
+        int nan = _mm256_movemask_ps(bad);
+        for (int l = 0; l < 8; l++) top = lanes[l] > top ? lanes[l] : top;
+        for (; t < m; t++) {
+            if (isnan(v[t])) nan = 1;
+            else if (v[t] > top) top = v[t];
+        }
+        /* then its first index (-0 and +0 are equal, as in torch's comparisons) */
+        const __m256 want = _mm256_set1_ps(top);
+        for (t = 0; t + 8 <= m; t += 8) {
+            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + t), want, _CMP_EQ_OQ));
+            if (hit) break;
+        }
+        while (t < m && v[t] != top) t++;
+        if (nan) atomic_store(&a->nan, 1);
+        a->out[r] = t < m ? t : 0;
+    }
+}
+
+/* row r's top k into out[r * k ..]: a list sorted by value (ties: lower index first) that an element
+ * enters only if larger than its last, which 8-lane compares rule out for most elements */
+static void topk_chunk(void *ctx, int r_lo, int r_hi) {
+    RowArgs *a = ctx;
+    const int m = a->m, k = a->k;
+    float val[64];
+    for (int r = r_lo; r < r_hi; r++) {
+        const float *v = a->v + (long)r * m;
+        int64_t *idx = a->out + (long)r * k;
+        int filled = 0, nan = 0;
+        for (int t = 0; t < m; t++) {
+            const float x = v[t];
+            if (isnan(x)) { nan = 1; break; }
+            if (filled == k && !(x > val[k - 1])) {
+                /* x is out; then skip 8 at a time while none beats the last of the list (or is a NaN) */
+                const __m256 thr = _mm256_set1_ps(val[k - 1]);
+                for (t++; t + 8 <= m; t += 8) {
+                    const __m256 y = _mm256_loadu_ps(v + t);
+                    if (_mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(y, thr, _CMP_GT_OQ),
+                                                        _mm256_cmp_ps(y, y, _CMP_UNORD_Q)))) break;
+                }
+                t--; /* the loop's t++ comes back to the first element not ruled out */
+                continue;
+            }
+            int p = filled < k ? filled : k - 1; /* x's place: after every value >= x */
+            while (p > 0 && val[p - 1] < x) {
+                val[p] = val[p - 1], idx[p] = idx[p - 1];
+                p--;
+            }
+            val[p] = x, idx[p] = t;
+            if (filled < k) filled++;
+        }
+        if (nan) atomic_store(&a->nan, 1);
+    }
+}
+
+/* out[n]: each row's argmax; 0, or -1 if a row holds a NaN */
+int argmax_rows(const float *v, int n, int m, int64_t *out) {
+    RowArgs a = {v, m, 1, out, 0};
+    parallel_for(n, argmax_chunk, &a);
+    return atomic_load(&a.nan) ? -1 : 0;
+}
+
+/* out[n][k]: each row's k largest (1 <= k <= 64, k <= m), largest first; 0, or -1 if a row holds a NaN */
+int topk_rows(const float *v, int n, int m, int k, int64_t *out) {
+    if (k < 1 || k > 64 || k > m) return -2;
+    RowArgs a = {v, m, k, out, 0};
+    parallel_for(n, topk_chunk, &a);
+    return atomic_load(&a.nan) ? -1 : 0;
+}
+
 /* the sum of n floats, read once: the memory bandwidth probe of `leapdecode profile` */
 typedef struct { const float *x; int team, chunks; double part[MAX_THREADS]; } SumArgs;
 
