@@ -106,6 +106,8 @@ def test_streaming_concatenates_to_text(engine):
     stream = engine.stream(SHORT, GenerationConfig(max_new_tokens=24), "prompt-lookup")
     assert "".join(stream) == stream.result.text
     assert stream.result.stats.new_tokens == len(stream.result.token_ids)
+    out = engine.generate(SHORT, GenerationConfig(max_new_tokens=24), "prompt-lookup")  # text once, at the end
+    assert (out.text, out.token_ids) == (stream.result.text, stream.result.token_ids)
 
 
 def test_sampling_is_seeded_and_respects_top_k(engine):

@@ -163,6 +163,7 @@ class Engine:
     ) -> Generation:
         """Decode to the end and return the whole Generation."""
         events = self.stream(prompt, config, method, chat, **options)
+        events.deltas = False  # the text once at the end, not after every step
         for _ in events:
             pass
         return events.result
@@ -357,6 +358,9 @@ class Stream:
         self.tokens: list[int] = []  # the new tokens so far (a stop string may still cut the last)
         self.logprobs: list[TokenLogprob] = []  # theirs, while decoding (config.logprobs)
         self.steps: list[Step] | None = None  # every step so far, once record_steps() asked for them
+        # False: no text until the end (the last delta is all of it), and without stop strings no
+        # detokenizing after each step (which decodes every token so far: 70 us a step at 200 tokens)
+        self.deltas = True
         if config.budget == "auto":
             engine.pass_costs()  # measured (once) before the clock starts
 
@@ -372,11 +376,13 @@ class Stream:
         finish, text = "length", ""
         logprobs = None if config.logprobs is None else self.logprobs
         start = time.perf_counter()
+        each_step = self.deltas or bool(config.stop)  # the text after every step
         if config.max_new_tokens > 0:
             for emitted in engine.decode(self.prompt_ids, config, self.drafter, stats, logprobs, self.steps):
                 finish, cut = self._stop_index(tokens, emitted)
                 tokens.extend(emitted[:cut])
-                text = engine.tokenizer.decode(tokens, skip_special_tokens=True)
+                if each_step:
+                    text = engine.tokenizer.decode(tokens, skip_special_tokens=True)
                 if config.stop:
                     text, hit = _cut_at_stop(text, config.stop)
                     if hit:
@@ -385,12 +391,14 @@ class Stream:
                 self.tokens = tokens
                 if finish == "stop" or len(tokens) >= config.max_new_tokens:
                     break
-                safe = _safe_prefix(text, config.stop)
+                safe = _safe_prefix(text, config.stop) if self.deltas else ""
                 if len(safe) > len(sent):
                     yield safe[len(sent) :]
                     sent = safe
             else:  # the context window is full
                 finish = "length"
+        if not each_step:
+            text = engine.tokenizer.decode(tokens, skip_special_tokens=True)
         stats.wall_s = time.perf_counter() - start
         stats.new_tokens = len(tokens)
         self.tokens = tokens
