@@ -128,6 +128,28 @@ def test_shipped_heads_load_by_name_and_keep_output(native):
         make_drafter("auto", tree="oak")
 
 
+def test_auto_keeps_its_tree_when_the_budget_shrinks_at_the_end(native):
+    """`auto` picks the head's tree by the request's largest budget so far: the budget cut to the
+    tokens left at the end of a generation does not switch to the head (whose first draft would
+    read every step's features)."""
+    from leapdecode.drafters import make_drafter
+
+    config = GenerationConfig(max_new_tokens=24)
+    ids = native.encode(PROMPTS[1])
+    for budgets, head_drafts in (([8, 8, 3, 1], 0), ([3, 2, 3], 3)):
+        auto = make_drafter("auto")
+        auto.configure(config.sampling, native.info)
+        asked = []
+        auto.eagle.propose = lambda context, budget: asked.append(budget) or EMPTY_DRAFT
+        auto.reset(ids)
+        for budget in budgets:
+            auto.propose(ids, budget)
+        assert len(asked) == head_drafts, (budgets, asked)
+        auto.reset(ids)  # a new request starts small again
+        auto.propose(ids, 2)
+        assert len(asked) == head_drafts + 1
+
+
 class _SkipsFirst(Drafter):
     """Drafts nothing at the first step without asking the head (as a budget of 0 would)."""
 
