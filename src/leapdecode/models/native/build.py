@@ -86,10 +86,14 @@ def _compile(target: Path) -> None:
 class Kernels:
     """The library's functions, one call at a time: the kernels' thread pool serves one caller."""
 
-    def __init__(self, lib: ctypes.CDLL):
+    def __init__(self, lib: ctypes.CDLL, missing_ok: bool = False):
         self._lock = threading.Lock()
-        for name in SIGNATURES:
-            setattr(self, name, self._serialized(getattr(lib, name)))
+        for name, args in SIGNATURES.items():
+            if missing_ok and not hasattr(lib, name):  # an older build (scripts/kernel_ab.py)
+                continue
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, RESULTS.get(name)
+            setattr(self, name, self._serialized(fn))
 
     def _serialized(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
@@ -134,8 +138,4 @@ def kernels() -> Kernels:
     path = library_path()
     if not path.exists():
         _compile(path)
-    lib = ctypes.CDLL(str(path))
-    for name, args in SIGNATURES.items():
-        getattr(lib, name).argtypes = args
-        getattr(lib, name).restype = RESULTS.get(name)
-    return Kernels(lib)
+    return Kernels(ctypes.CDLL(str(path)))

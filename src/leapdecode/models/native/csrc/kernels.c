@@ -1300,9 +1300,11 @@ static void pv_any(int nq, int kvb, const void *const *p, int t0, int t1, const 
 /* one row's keys in canonical order: its cached slots (from `first`), then its ancestors in the pass;
  * padded to whole blocks of 8 by repeating the last. Returns the count. */
 static int key_slots(const AttentionArgs *a, int j, int first, int *slot) {
+    const int hi = a->hi[j], count = a->count[j]; /* read once: slot[] might alias them */
+    const int *extra = a->extra + j * a->max_extra;
     int m = 0;
-    for (int i = first; i < a->hi[j]; i++) slot[m++] = i;
-    for (int e = 0; e < a->count[j]; e++) slot[m++] = a->hi[j] + a->extra[j * a->max_extra + e];
+    for (int i = first; i < hi; i++) slot[m++] = i;
+    for (int e = 0; e < count; e++) slot[m++] = hi + extra[e];
     for (int t = m; t < ((m + 7) & ~7); t++) slot[t] = slot[m - 1]; /* padding: dropped below */
     return m;
 }
