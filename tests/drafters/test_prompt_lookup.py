@@ -34,6 +34,22 @@ def test_drafter_respects_budget():
     assert d.propose([1, 2, 3, 4, 5, 6, 1, 2], 3).tokens == (3, 4, 5)
 
 
+def test_drafter_index_answers_as_lookup_while_the_context_grows():
+    import random
+
+    rng = random.Random(5)
+    for max_ngram, min_ngram in ((4, 1), (3, 2)):
+        d = PromptLookupDrafter(max_ngram=max_ngram, min_ngram=min_ngram)
+        context = [rng.randrange(6) for _ in range(20)]
+        for step in range(60):
+            want = lookup(context, max_ngram, min_ngram, 5)
+            assert list(d.propose(context, 5).tokens) == want, (step, context)
+            if step == 30:
+                context = [rng.randrange(6) for _ in range(25)]  # another context: the index starts over
+            else:
+                context = context + [rng.randrange(6) for _ in range(rng.randrange(4))]
+
+
 @pytest.mark.parametrize("opts", [dict(max_ngram=0), dict(min_ngram=3, max_ngram=2), dict(max_ngram="3")])
 def test_bad_options(opts):
     with pytest.raises(ValueError):

@@ -51,6 +51,26 @@ class PromptLookupDrafter(Drafter):
             raise ValueError(f"prompt-lookup needs min_ngram <= max_ngram, got {min_ngram} > {max_ngram}")
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
+        self.reset(())
+
+    def reset(self, prompt: Sequence[int]) -> None:
+        self._tokens: list[int] = []  # the context the index covers
+        self._latest: dict[tuple[int, ...], int] = {}  # n-gram -> its latest start ending before the last token
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
-        return Draft(tuple(lookup(context, self.max_ngram, self.min_ngram, budget)))
+        """`lookup`'s answer from an index of the context's n-grams, extended by the tokens new
+        since the last step (a dict look-up per n, not a scan of the whole context)."""
+        tokens, known = self._tokens, len(self._tokens)
+        if len(context) < known or list(context[:known]) != tokens:  # not the same context grown
+            self.reset(())
+            tokens, known = self._tokens, 0
+        tokens.extend(int(t) for t in context[known:])
+        length = len(tokens)
+        for end in range(max(known - 1, 0), length - 1):  # n-grams ending before the last token
+            for n in range(self.min_ngram, min(self.max_ngram, end + 1) + 1):
+                self._latest[tuple(tokens[end - n + 1:end + 1])] = end - n + 1
+        for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
+            start = self._latest.get(tuple(tokens[length - n:]))
+            if start is not None:
+                return Draft(tuple(tokens[start + n:start + n + budget]))
+        return Draft(())
