@@ -3,7 +3,7 @@
 Where the native runtime's kernels are loaded (a native target was made in this process) and the
 tensor is a CPU float32 one, the kernels do it (csrc/kernels.c: `argmax_rows`, `topk_rows`, a row
 per thread): these run between passes, while torch has one thread (build.torch_single_threaded),
-and torch's reductions over a 49152-token vocabulary took 15-18 us a row. Elsewhere, and for a row
+and torch's reductions over a 49152-token vocabulary took 15-25 us a row. Elsewhere, and for a row
 holding a NaN, torch does. The argmax is torch's either way (the first of tied maxima); the top k
 is ordered by value, ties by the lower index (torch leaves the order of ties open).
 """

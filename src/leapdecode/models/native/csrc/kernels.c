@@ -1691,8 +1691,9 @@ int model_forward(const ModelW *m, float *x, int n, const int *slot, const int *
 
 /* ---- each row's argmax and top k (the engine's verification, Token Recycling's successors) ----
  * Over rows of m floats, one thread a row: torch.argmax's result (the first of tied maxima: the
- * largest value, then the first index holding it), and the top k by value, ties by the lower index. A row with a NaN makes the call return -1 (the
- * caller then asks torch, whose NaN order these do not copy). */
+ * largest value, then the first index holding it), and the top k by value, ties by the lower
+ * index. A row with a NaN makes the call return -1 (the caller then asks torch, whose NaN order
+ * these do not copy). */
 typedef struct { const float *v; int m, k; int64_t *out; atomic_int nan; } RowArgs;
 
 static void argmax_chunk(void *ctx, int r_lo, int r_hi) {
