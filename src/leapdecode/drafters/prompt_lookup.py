@@ -51,18 +51,19 @@ class PromptLookupDrafter(Drafter):
             raise ValueError(f"prompt-lookup needs min_ngram <= max_ngram, got {min_ngram} > {max_ngram}")
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
-        self.reset(())
+        self._start_index()
 
-    def reset(self, prompt: Sequence[int]) -> None:
+    def _start_index(self) -> None:
         self._tokens: list[int] = []  # the context the index covers
         self._latest: dict[tuple[int, ...], int] = {}  # n-gram -> its latest start ending before the last token
 
     def propose(self, context: Sequence[int], budget: int) -> Draft:
         """`lookup`'s answer from an index of the context's n-grams, extended by the tokens new
-        since the last step (a dict look-up per n, not a scan of the whole context)."""
+        since the last step (a dict look-up per n, not a scan of the whole context). The index
+        depends on the tokens alone: a context that does not extend the last one starts it over."""
         tokens, known = self._tokens, len(self._tokens)
-        if len(context) < known or list(context[:known]) != tokens:  # not the same context grown
-            self.reset(())
+        if len(context) < known or list(context[:known]) != tokens:
+            self._start_index()
             tokens, known = self._tokens, 0
         tokens.extend(int(t) for t in context[known:])
         length = len(tokens)
