@@ -141,17 +141,12 @@ class EagleDrafter(_HeadDrafter):
         self.k_cache = torch.zeros(cfg.kv_heads, 0, cfg.head_dim)
         self.v_cache = torch.zeros(cfg.kv_heads, 0, cfg.head_dim)
 
-    def take_prompt_features(self) -> None:
-        """Keep the prefill's features (positions 0 .. len(prompt) - 2) if not done yet: at the
-        first step, before its pass replaces them (a drafter that drafts some steps with another
-        tree calls this at the first step whoever drafts it)."""
-        if not self.prefilled:
-            self.pending.append(self.features.hidden())
-            self.prefilled = True
-
     @torch.inference_mode()
     def propose(self, context: Sequence[int], budget: int) -> Draft:
-        self.take_prompt_features()
+        if not self.prefilled:  # the first step: keep the prefill's features (positions 0 ..
+            # len(prompt) - 2) before this step's pass replaces them
+            self.pending.append(self.features.hidden())
+            self.prefilled = True
         g = self._commit_entries(context)
         if g is None:
             return EMPTY_DRAFT
