@@ -338,11 +338,12 @@ LINEAR(linear_f32, F32)
 LINEAR(linear_i8, I8)
 
 /* ---- W8A8: int8 weights times int8 activations, integer dot products ----------------------------
- * Each row of x is quantized on its own (symmetric, scale max|x| / 127, round to nearest even) and
- * stored as u8 = q + 128; a dot product is exact integer arithmetic, sum((q + 128) * w) - 128 *
- * sum(w), in any order, so a row's result depends on nothing but the row (and is the same on every
- * CPU: VNNI's vpdpbusd where the CPU has it, else 16-bit multiply-adds). Then float(dot) * sx * sw
- * (+ bias). */
+ * Each row of x is quantized on its own (symmetric, scale max|x| / 127, round to nearest even). With
+ * VNNI it is stored as u8 = q + 128 and a dot product is sum((q + 128) * w) - 128 * sum(w) (vpdpbusd
+ * multiplies unsigned by signed bytes); without, as 16-bit q, each quad's (q0, q2, q1, q3), ready for
+ * 16-bit multiply-adds against the weights' even and odd bytes. Either way a dot product is exact
+ * integer arithmetic, in any order, so a row's result depends on nothing but the row and is the same
+ * on every CPU. Then float(dot) * sx * sw (+ bias). */
 static uint8_t *g_xq;
 static float *g_sx;
 static long g_xq_cap, g_sx_cap;
@@ -358,8 +359,15 @@ static int grow(void **p, long *cap, long need, size_t size) {
     return 0;
 }
 
-/* bytes of a quantized row for weights in format fmt (Q8: `in`; Q4: padded to its groups of 32) */
-static inline int quant_stride(int fmt, int in) { return fmt == Q8 ? in : (in + 31) / 32 * 32; }
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define Q8_X16 0 /* W8A8's activations: u8 = q + 128 */
+#else
+#define Q8_X16 1 /* W8A8's activations: 16-bit q, each quad as (q0, q2, q1, q3) */
+#endif
+
+/* bytes of a quantized row for weights in format fmt (Q8: `in` bytes or 16-bit words; Q4: padded to
+ * its groups of 32) */
+static inline int quant_stride(int fmt, int in) { return fmt == Q8 ? in << Q8_X16 : (in + 31) / 32 * 32; }
 
 /* room for n quantized rows of `in` activations for weights in format fmt (Q4: and their sums) */
 static int quant_alloc(int fmt, int n, int in) {
@@ -368,11 +376,12 @@ static int quant_alloc(int fmt, int n, int in) {
            (fmt == Q4 && grow((void **)&g_xs, &g_xs_cap, (long)n * (stride / 32), sizeof(int32_t)));
 }
 
-/* Row xr [in] -> g_xq + r * stride: q (Q8, W8A8, stores q + 128 in unsigned bytes, Q4, W4A8, q
- * itself in signed ones) then zeros up to stride; g_sx[r] its scale; for Q4, g_xs the sums of q over
- * each group of 32. Rows are independent: threads may quantize different rows at once. */
+/* Row xr [in] -> g_xq + r * stride: q (Q8, W8A8, stores q + 128 in unsigned bytes, or 16-bit q
+ * (Q8_X16); Q4, W4A8, q itself in signed bytes) then zeros up to stride; g_sx[r] its scale; for Q4,
+ * g_xs the sums of q over each group of 32. Rows are independent: threads may quantize different rows
+ * at once. */
 static void quantize_row(int fmt, const float *xr, int r, int in) {
-    const int stride = quant_stride(fmt, in), offset = fmt == Q8 ? 128 : 0, sums = fmt == Q4;
+    const int stride = quant_stride(fmt, in), offset = fmt == Q8 && !Q8_X16 ? 128 : 0, sums = fmt == Q4;
     const __m256 sign = _mm256_set1_ps(-0.0f); /* in % 8 == 0 (the native linear's rule) */
     __m256 m = _mm256_setzero_ps();
     int k = 0;
@@ -391,7 +400,7 @@ static void quantize_row(int fmt, const float *xr, int r, int in) {
     const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), off = _mm256_set1_epi32(offset);
     k = 0;
 #if defined(__AVX512F__) /* clamped to -127..127 (+ offset), so the truncating pack to bytes is exact */
-    for (; k + 16 <= in; k += 16) {
+    for (; k + 16 <= in && !(fmt == Q8 && Q8_X16); k += 16) {
         __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), _mm512_set1_ps(inv[0])));
         v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127)),
                              _mm512_set1_epi32(offset));
@@ -402,10 +411,15 @@ static void quantize_row(int fmt, const float *xr, int r, int in) {
         __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), inv));
         v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi), off);
         __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        if (fmt == Q8 && Q8_X16) { /* two quads of 16-bit q, each as (q0, q2, q1, q3) */
+            const __m128i order = _mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+            _mm_storeu_si128((__m128i *)(q + 2 * k), _mm_shuffle_epi8(p16, order));
+            continue;
+        }
         /* q + 128 fits unsigned bytes, q signed ones */
         _mm_storel_epi64((__m128i *)(q + k), offset ? _mm_packus_epi16(p16, p16) : _mm_packs_epi16(p16, p16));
     }
-    memset(q + in, offset, stride - in);
+    if (stride > in << (fmt == Q8 && Q8_X16)) memset(q + in, offset, stride - in);
     if (sums)
         for (int g = 0; g < stride / 32; g++) {
             int32_t s = 0;
@@ -434,7 +448,7 @@ typedef __m512i qacc, qw, qx;
 static inline __attribute__((always_inline)) qw qw_load(const int8_t *p) { return _mm512_loadu_si512(p); }
 static inline __attribute__((always_inline)) qx qx_bcast(const uint8_t *p) { return bcast4_512(p); }
 static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) { return _mm512_dpbusd_epi32(a, x, w); }
-#else /* vpdpbusd's exact result from 16-bit multiply-adds: the even bytes of each quad, then the odd */
+#else /* 16-bit multiply-adds: the even bytes of each weight quad against (q0, q2), then the odd */
 #define QH 2
 #define QROWS 4 /* 4 rows x 2 vectors: 8 accumulators, 4 weight and 2 activation registers of 16 */
 typedef __m256i qacc;
@@ -444,15 +458,16 @@ static inline __attribute__((always_inline)) qw qw_load(const int8_t *p) {
     __m256i v = _mm256_loadu_si256((const __m256i *)p);
     return (qw){_mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8), _mm256_srai_epi16(v, 8)};
 }
+/* a quad of 16-bit activations (q0, q2, q1, q3): two broadcasts from memory, no arithmetic */
 static inline __attribute__((always_inline)) qx qx_bcast(const uint8_t *p) {
-    __m256i b = bcast4_256(p);
-    return (qx){_mm256_and_si256(b, _mm256_set1_epi16(0xff)), _mm256_srli_epi16(b, 8)};
+    return (qx){bcast4_256(p), bcast4_256(p + 4)};
 }
 static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) {
-    /* |x0 w0 + x2 w2| <= 2 * 255 * 128: no 16-bit pair sum overflows int32 */
+    /* |x0 w0 + x2 w2| <= 2 * 127 * 127: no 16-bit pair sum overflows int32 */
     return _mm256_add_epi32(a, _mm256_add_epi32(_mm256_madd_epi16(x.e, w.e), _mm256_madd_epi16(x.o, w.o)));
 }
 #endif
+#define QX(x, r, in, k) ((x) + (((long)(r) * (in) + (k)) << Q8_X16)) /* row r's activation k of Q8's */
 #define QV (16 / QH) /* outputs per vector */
 #define QAHEAD 2     /* panels the groups of rows fetch ahead */
 
@@ -468,7 +483,7 @@ typedef struct {
 } QArgs;
 
 /* y = float(dot - 128 * wsum) * sx * sw (+ b) for the QV outputs o.. of row r (the u8 offset of
- * the activations taken back out); only the real outputs are stored */
+ * the activations taken back out; none with Q8_X16); only the real outputs are stored */
 static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc acc, int r, int o) {
     const float sx = g_sx[r];
     float *y = a->y + (long)r * a->out + o;
@@ -479,7 +494,8 @@ static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc a
         if (a->b) f = _mm512_add_ps(f, _mm512_loadu_ps(a->b + o));
         _mm512_storeu_ps(y, f);
 #else
-        __m256i d = _mm256_sub_epi32(acc, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(a->wsum + o)), 7));
+        const __m256i wsum = _mm256_loadu_si256((const __m256i *)(a->wsum + o));
+        const __m256i d = Q8_X16 ? acc : _mm256_sub_epi32(acc, _mm256_slli_epi32(wsum, 7));
         __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sx)), _mm256_loadu_ps(a->s + o));
         if (a->b) f = _mm256_add_ps(f, _mm256_loadu_ps(a->b + o));
         _mm256_storeu_ps(y, f);
@@ -489,7 +505,7 @@ static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc a
     int32_t dot[QV];
     memcpy(dot, &acc, sizeof acc);
     for (int u = 0; u < a->out - o; u++) {
-        float f = (float)(dot[u] - (a->wsum[o + u] << 7)) * sx * a->s[o + u];
+        float f = (float)(dot[u] - (Q8_X16 ? 0 : a->wsum[o + u] << 7)) * sx * a->s[o + u];
         y[u] = a->b ? f + a->b[o + u] : f;
     }
 }
@@ -511,7 +527,7 @@ static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, i
     const long ps = (long)quads * 64;
     const int8_t *wp = a->w + (long)p * ps;
     const char *ahead = panel_at(a, p + QAHEAD, ps);
-    const uint8_t *xr = g_xq + (long)r0 * a->in;
+    const uint8_t *xr = QX(g_xq, r0, a->in, 0);
     qacc acc[QROWS][QH];
     for (int i = 0; i < R; i++)
         for (int h = 0; h < QH; h++) acc[i][h] = qzero();
@@ -520,7 +536,7 @@ static inline __attribute__((always_inline)) void qtile(const QArgs *a, int R, i
         qw wv[QH];
         for (int h = 0; h < QH; h++) wv[h] = qw_load(wp + t * 64 + h * 32);
         for (int i = 0; i < R; i++) {
-            qx xv = qx_bcast(xr + (long)i * a->in + 4 * t);
+            qx xv = qx_bcast(QX(xr, i, a->in, 4 * t));
             for (int h = 0; h < QH; h++) acc[i][h] = qmac(acc[i][h], xv, wv[h]);
         }
     }
@@ -821,27 +837,9 @@ int linear_q4(const float *x, int n, int in, const void *w, const float *b, floa
  * with two FMAs. So a row's sums take the same steps in the same order whatever the pass width, and
  * every lane ends holding one output's whole dot product. A tile is up to BROWS rows against one
  * panel, the groups of rows taking turns to fetch the panel QAHEAD ahead as in qtile. The rounded rows are
- * stored pair-major, so a tile's broadcasts of one pair read adjacent words off one address. */
-static uint32_t *g_xb; /* [in / 2][n]: pair t of row r (two bfloat16) at t * n + r */
-static long g_xb_cap;
-
-static int round_bf16_rows(const float *x, int n, int in) {
-    if (grow((void **)&g_xb, &g_xb_cap, (long)n * in / 2, sizeof(uint32_t))) return -1;
-    const __m256i expo = _mm256_set1_epi32(0x7f800000), sign = _mm256_set1_epi32((int)0x80000000u);
-    const __m256i half = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
-    for (int r = 0; r < n; r++)
-        for (int k = 0; k < in; k += 8) { /* in % 8 == 0 */
-            __m256i u = _mm256_loadu_si256((const __m256i *)(x + (long)r * in + k));
-            const __m256i sub = _mm256_cmpeq_epi32(_mm256_and_si256(u, expo), _mm256_setzero_si256());
-            u = _mm256_blendv_epi8(u, _mm256_and_si256(u, sign), sub);
-            u = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
-            u = _mm256_srli_epi32(u, 16);
-            uint32_t pairs[4];
-            _mm_storeu_si128((__m128i *)pairs, _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1)));
-            for (int j = 0; j < 4; j++) g_xb[(long)(k / 2 + j) * n + r] = pairs[j];
-        }
-    return 0;
-}
+ * stored pair-major, so a tile's broadcasts of one pair read adjacent words off one address; without
+ * AVX-512, passes of BX_FLOATS_FROM rows or more also store each pair as the two floats it holds, so
+ * that a broadcast needs no arithmetic. */
 
 /* one float as round_bf16_rows rounds it: a subnormal to a signed zero, then to nearest even */
 static inline uint16_t to_bf16(float f) {
@@ -890,11 +888,58 @@ static inline __attribute__((always_inline)) bw bw_load(const uint16_t *p) {
     return bsplit(_mm256_loadu_si256((const __m256i *)p));
 }
 static inline __attribute__((always_inline)) bx bx_bcast(const uint32_t *p) { return bsplit(bcast4_256(p)); }
+/* tiles of BX_FLOATS_FROM rows or more read each pair as its two floats, stored apart (g_xf): a
+ * broadcast with no arithmetic (AVX2-only AMD EPYC, SmolLM2 bf16, a pass of 16: 0.84-0.87x the time;
+ * in tiles of 1 and 2 rows it was 5% slower, so those keep splitting the pair) */
+#define BX_FLOATS_FROM 3
+typedef struct { float e, o; } bxf;
+static inline bxf bxf_of(uint32_t pair) {
+    const uint32_t e = pair << 16, o = pair & 0xffff0000u;
+    bxf f;
+    memcpy(&f.e, &e, 4), memcpy(&f.o, &o, 4);
+    return f;
+}
+static inline __attribute__((always_inline)) bx bx_floats(const bxf *p) {
+    return (bx){_mm256_set1_ps(p->e), _mm256_set1_ps(p->o)};
+}
 static inline __attribute__((always_inline)) bacc bmac(bacc a, bx x, bw w) {
     return _mm256_fmadd_ps(x.e, w.e, _mm256_fmadd_ps(x.o, w.o, a));
 }
 #endif
 #define BV (16 / BH) /* outputs per vector */
+
+static uint32_t *g_xb; /* [in / 2][n]: pair t of row r (two bfloat16) at t * n + r */
+static long g_xb_cap;
+#if BH == 2
+static bxf *g_xf; /* the same pairs as floats, where a pass has BX_FLOATS_FROM rows or more */
+static long g_xf_cap;
+#endif
+
+static int round_bf16_rows(const float *x, int n, int in) {
+    if (grow((void **)&g_xb, &g_xb_cap, (long)n * in / 2, sizeof(uint32_t))) return -1;
+#if BH == 2
+    if (n >= BX_FLOATS_FROM && grow((void **)&g_xf, &g_xf_cap, (long)n * in / 2, sizeof(bxf))) return -1;
+#endif
+    const __m256i expo = _mm256_set1_epi32(0x7f800000), sign = _mm256_set1_epi32((int)0x80000000u);
+    const __m256i half = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+    for (int r = 0; r < n; r++)
+        for (int k = 0; k < in; k += 8) { /* in % 8 == 0 */
+            __m256i u = _mm256_loadu_si256((const __m256i *)(x + (long)r * in + k));
+            const __m256i sub = _mm256_cmpeq_epi32(_mm256_and_si256(u, expo), _mm256_setzero_si256());
+            u = _mm256_blendv_epi8(u, _mm256_and_si256(u, sign), sub);
+            u = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+            u = _mm256_srli_epi32(u, 16);
+            uint32_t pairs[4];
+            _mm_storeu_si128((__m128i *)pairs, _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1)));
+            for (int j = 0; j < 4; j++) {
+                g_xb[(long)(k / 2 + j) * n + r] = pairs[j];
+#if BH == 2
+                if (n >= BX_FLOATS_FROM) g_xf[(long)(k / 2 + j) * n + r] = bxf_of(pairs[j]);
+#endif
+            }
+        }
+    return 0;
+}
 
 typedef struct { int n, in, out; const uint16_t *w; const float *b; float *y; } BArgs;
 
@@ -912,7 +957,12 @@ static inline __attribute__((always_inline)) void btile(const BArgs *a, int R, i
         bw wv[BH];
         for (int h = 0; h < BH; h++) wv[h] = bw_load(wp + t * 32 + h * 16);
         for (int i = 0; i < R; i++) {
-            bx xv = bx_bcast(xr + (long)t * a->n + i);
+#if BH == 2
+            const long at = (long)t * a->n + i;
+            const bx xv = R >= BX_FLOATS_FROM ? bx_floats(g_xf + r0 + at) : bx_bcast(xr + at);
+#else
+            const bx xv = bx_bcast(xr + (long)t * a->n + i);
+#endif
             for (int h = 0; h < BH; h++) acc[i][h] = bmac(acc[i][h], xv, wv[h]);
         }
     }
