@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from leapdecode.budget import AutoBudget, cached_pass_costs, interpolate
+from leapdecode.budget import AutoBudget, cached_pass_costs, interpolate, sized_default
 from leapdecode.drafters import Draft, merge
 
 
@@ -59,6 +59,26 @@ def test_a_shared_pass_drafts_less_the_more_it_carries():
     assert auto.choose(rows=7, tokens=14) == 0
     # beside one other in the flat part (2 rows, 2 tokens): b=2 keeps the pass at 5 rows, free
     assert auto.choose(rows=2, tokens=2) >= 2
+
+
+def test_sized_default_keeps_the_default_where_wide_passes_are_cheap():
+    # a pass of 17 at 1.35x one (the AVX-512 machine's w8a8 curve, rounded)
+    costs = {1: 1.0, 4: 1.0, 8: 1.08, 16: 1.35, 17: 1.38}
+    assert sized_default(costs, 16) == 16
+    assert sized_default(costs, 10) == 10
+    assert sized_default(costs, 1) == 1
+
+
+def test_sized_default_shrinks_where_passes_grow_with_their_rows():
+    # the AVX2-only machine's w8a8 curve (rounded): cheap up to 4 inputs, then about 0.3x a row
+    costs = {1: 1.0, 2: 0.95, 3: 1.13, 4: 1.25, 5: 1.75, 6: 1.89, 8: 2.34, 16: 4.78, 17: 5.1}
+    # by hand: b = 2 gives (1 + 0.5 + 0.45) / c(3) = 1.726, b = 3 (1 + 1.355) / 1.25 = 1.884,
+    # b = 4 (1 + 1.7195) / 1.75 = 1.554, b = 16 (1 + 4.073) / 5.1 = 0.995
+    assert sized_default(costs, 16) == 3
+    assert sized_default(costs, 80) == 3  # past the measured sizes, extrapolated
+    # b = 2 is best, (1.95 / 1.1 = 1.773), but within 10% of the default's 2.355 / 1.4 = 1.682
+    assert sized_default({1: 1.0, 2: 1.0, 3: 1.1, 4: 1.4}, 3) == 3
+    assert sized_default({1: 1.0, 2: 1.0, 3: 1.1, 4: 1.6}, 3) == 2
 
 
 def test_cached_pass_costs_reads_without_measuring(tmp_path):

@@ -75,3 +75,23 @@ def test_drafter_state_does_not_leak_between_requests(engine, reference, prompts
     for prompt in prompts[:2] + prompts[:1]:
         out = engine.generate(prompt, GenerationConfig(max_new_tokens=N), drafter)
         assert out.token_ids == reference(prompt, N)
+
+
+def test_default_budget_sized_to_the_machines_pass_costs(engine, reference, prompts, monkeypatch):
+    """Where the target asks (the native runtime), a drafter's default budget follows the measured
+    pass costs (budget.sized_default); given costs here, so the test does not depend on the CPU."""
+    from leapdecode.budget import DEFAULT_SIZES
+    from leapdecode.drafters import make_drafter
+
+    monkeypatch.setattr(engine.target, "sizes_drafts", True, raising=False)  # as the native runtime's
+    key = f"{engine.name}|{engine.target.cache_key}|sizes {DEFAULT_SIZES[0]}-{DEFAULT_SIZES[-1]}"
+    drafter = make_drafter("suffix")
+    monkeypatch.setitem(engine._pass_costs, key, {k: 1.0 + 0.02 * k for k in DEFAULT_SIZES})  # nearly flat
+    assert engine.default_budget(drafter) == drafter.default_budget
+    monkeypatch.setitem(engine._pass_costs, key, {k: 1.0 if k <= 4 else 0.3 * k for k in DEFAULT_SIZES})
+    assert engine.default_budget(drafter) == 3
+    out = engine.generate(prompts[0], GenerationConfig(max_new_tokens=N), drafter)
+    assert out.token_ids == reference(prompts[0], N)
+    assert out.stats.drafted <= 3 * out.stats.steps
+    monkeypatch.setattr(engine.target, "sizes_drafts", False)  # a target that does not ask
+    assert engine.default_budget(drafter) == drafter.default_budget

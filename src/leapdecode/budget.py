@@ -48,11 +48,13 @@ def measure_pass_costs(target, ks: Sequence[int] = MEASURED,
     return costs
 
 
-def cached_pass_costs(target, key: str, path: Path) -> dict[int, float]:
-    """Pass costs for `key` from the JSON file at `path`, measured and stored when missing."""
+def cached_pass_costs(target, key: str, path: Path, ks: Sequence[int] = MEASURED,
+                      rounds: int = 5) -> dict[int, float]:
+    """Pass costs for `key` from the JSON file at `path`, measured (measure_pass_costs) and stored
+    when missing."""
     table = json.loads(path.read_text()) if path.exists() else {}
     if key not in table:
-        table[key] = {str(k): v for k, v in measure_pass_costs(target).items()}
+        table[key] = {str(k): v for k, v in measure_pass_costs(target, ks, rounds=rounds).items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(table, indent=1))
     return {int(k): v for k, v in table[key].items()}
@@ -70,6 +72,26 @@ def interpolate(costs: dict[int, float], k: int) -> float:
     return costs[hi] + (costs[hi] - costs[lo]) * (k - hi) / (hi - lo)
 
 
+DEFAULT_SIZES = tuple(range(1, 18))  # the pass sizes sized_default's costs are measured at
+PRIOR_FIRST, PRIOR_DECAY = 0.5, 0.9  # node i accepted with probability 0.5 * 0.9**i a priori
+
+
+def sized_default(costs: dict[int, float], default: int, margin: float = 1.1) -> int:
+    """A drafter's default budget on this machine. The defaults suit CPUs whose passes cost little
+    more for 16 inputs than for one (AVX-512 with VNNI or BF16: 1.25-1.35x; docs/runtime.md); on an
+    AVX2-only CPU a pass is bound by arithmetic from about 4 inputs on (5 inputs: 1.5-1.75x one),
+    and drafting 8-16 tokens costs more than it brings. Under AutoBudget's prior acceptance (node i
+    taken with probability 0.5 * 0.9**i), the budget b <= `default` that maximises expected tokens
+    per second, (1 + sum of the first b probabilities) / c(b + 1), replaces the default if it is
+    expected to be at least `margin` times faster; else the default stays."""
+    if default <= 1:
+        return default
+    gain = [0.0] + torch.cumsum(PRIOR_FIRST * PRIOR_DECAY ** torch.arange(default, dtype=torch.float64), 0).tolist()
+    rate = {b: (1 + gain[b]) / interpolate(costs, b + 1) for b in range(1, default + 1)}
+    best = max(rate, key=rate.__getitem__)
+    return best if rate[best] >= margin * rate[default] else default
+
+
 class AutoBudget:
     """Chooses the draft budget each step from pass costs and per-node acceptance rates."""
 
@@ -80,7 +102,7 @@ class AutoBudget:
         self.cost = {b: interpolate(costs, b + 1) for b in self.candidates}
         self.proposed = torch.zeros(max_budget)  # decayed count of steps that drafted node i
         self.accepted = torch.zeros(max_budget)  # ... in which node i was accepted
-        self.prior = 0.5 * 0.9 ** torch.arange(max_budget, dtype=torch.float32)
+        self.prior = PRIOR_FIRST * PRIOR_DECAY ** torch.arange(max_budget, dtype=torch.float32)
 
     def rates(self) -> torch.Tensor:
         # one pseudo-step of prior, node i accepted with probability 0.5 * 0.9**i, so budgets

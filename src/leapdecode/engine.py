@@ -20,7 +20,7 @@ import torch
 from . import rowops, tree, verify
 from .config import GenerationConfig
 from .drafters import DEFAULT_METHOD, EMPTY_DRAFT, Draft, Drafter, StepResult, TargetInfo, make_drafter
-from .budget import AutoBudget, cached_pass_costs
+from .budget import DEFAULT_SIZES, AutoBudget, cached_pass_costs, sized_default
 from .models.base import Target, eos_ids_of  # noqa: F401  (eos_ids_of: re-exported for old imports)
 from .sampling import make_generator, make_warp
 
@@ -228,16 +228,26 @@ class Engine:
         with ThreadPoolExecutor(min(self.slots, len(prompts)), thread_name_prefix="leapdecode-batch") as pool:
             return list(pool.map(one, prompts))
 
-    def pass_costs(self) -> dict[int, float]:
-        """Seconds per verification pass by number of inputs, measured once per machine setup."""
+    def pass_costs(self, sizes: tuple[int, ...] | None = None) -> dict[int, float]:
+        """Seconds per verification pass by number of inputs (`sizes`, or budget.MEASURED: 5 rounds;
+        `sizes` given: 2), measured once per machine setup and kept on disk."""
         from .models.registry import cache_dir
 
-        key = f"{self.name}|{self.target.cache_key}"
+        key = f"{self.name}|{self.target.cache_key}" + (f"|sizes {sizes[0]}-{sizes[-1]}" if sizes else "")
         if key not in self._pass_costs:
             hold = getattr(self.target, "decoding", None)
             with hold() if hold else nullcontext():  # measured as the passes will run
-                self._pass_costs[key] = cached_pass_costs(self.target, key, cache_dir() / "pass_costs.json")
+                self._pass_costs[key] = cached_pass_costs(self.target, key, cache_dir() / "pass_costs.json",
+                                                          *((sizes, 2) if sizes else ()))
         return self._pass_costs[key]
+
+    def default_budget(self, drafter: Drafter) -> int:
+        """The drafter's default budget, sized for this machine where the target asks for it
+        (`sizes_drafts`: the native CPU runtime, whose pass costs differ by CPU; budget.sized_default)."""
+        default = drafter.default_budget
+        if default <= 1 or not getattr(self.target, "sizes_drafts", False):
+            return default
+        return sized_default(self.pass_costs(DEFAULT_SIZES), default)
 
     # ---- the loop -----------------------------------------------------------------------
     def decode(
@@ -260,7 +270,7 @@ class Engine:
         warp = None if greedy else make_warp(config.sampling)
         generator = None if greedy else make_generator(config.sampling.seed)
         auto = AutoBudget(self.pass_costs()) if config.budget == "auto" else None
-        budget = config.budget or drafter.default_budget
+        budget = config.budget or self.default_budget(drafter)
         cap = getattr(target, "draft_cap", None)
         shared = getattr(target, "shared_load", None)
 

@@ -55,6 +55,7 @@ class NativeTarget:
     compute the same whatever the pass width (see docs/runtime.md)."""
 
     backend = "native"
+    sizes_drafts = True  # its pass costs differ by CPU: the engine sizes default drafts to them
 
     def __init__(self, directory: Path, dtype: str = "bfloat16", max_len: int = 4096, threads: int | None = None,
                  sequences: int = 1, kv_dtype: str | None = None):
