@@ -235,10 +235,10 @@ class Engine:
 
         key = f"{self.name}|{self.target.cache_key}" + (f"|sizes {sizes[0]}-{sizes[-1]}" if sizes else "")
         if key not in self._pass_costs:
+            how = {"ks": sizes, "rounds": 2} if sizes else {}
             hold = getattr(self.target, "decoding", None)
             with hold() if hold else nullcontext():  # measured as the passes will run
-                self._pass_costs[key] = cached_pass_costs(self.target, key, cache_dir() / "pass_costs.json",
-                                                          *((sizes, 2) if sizes else ()))
+                self._pass_costs[key] = cached_pass_costs(self.target, key, cache_dir() / "pass_costs.json", **how)
         return self._pass_costs[key]
 
     def default_budget(self, drafter: Drafter) -> int:
