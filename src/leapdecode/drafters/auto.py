@@ -9,8 +9,8 @@ The tree is Token Recycling's (Luo et al., ACL 2025), whose drafting costs next 
 (`tree=auto`, the default, or `tree=recycling`), or with `--opt tree=eagle` the trained eagle
 head's. The head guesses better, but each level of its tree costs a small pass of its own: on the
 AVX-512 machine its gain for small drafts was within noise, and on an AVX2-only one, where the
-engine sizes drafts to 3 nodes, it halved `auto`'s speed (docs/heads.md, docs/benchmarks.md), so
-the default no longer switches to it for small drafts.
+engine sizes drafts to 3 nodes, it cost `auto` 30-50% of its speed (docs/heads.md,
+docs/benchmarks.md), so the default no longer switches to it for small drafts.
 """
 
 from __future__ import annotations
