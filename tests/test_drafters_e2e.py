@@ -3,7 +3,7 @@
 import pytest
 
 from leapdecode import GenerationConfig
-from leapdecode.drafters import DRAFTERS
+from leapdecode.drafters import DRAFTERS, Drafter
 from leapdecode.drafters.retrieval import build_store
 
 from .conftest import pick_prompts
@@ -93,5 +93,10 @@ def test_default_budget_sized_to_the_machines_pass_costs(engine, reference, prom
     out = engine.generate(prompts[0], GenerationConfig(max_new_tokens=N), drafter)
     assert out.token_ids == reference(prompts[0], N)
     assert out.stats.drafted <= 3 * out.stats.steps
+
+    class OwnLength(Drafter):  # sizes each draft itself, as a draft model does: its cap stays
+        default_budget, sizes_own_drafts = 8, True
+
+    assert engine.default_budget(OwnLength()) == 8
     monkeypatch.setattr(engine.target, "sizes_drafts", False)  # a target that does not ask
     assert engine.default_budget(drafter) == drafter.default_budget

@@ -243,9 +243,10 @@ class Engine:
 
     def default_budget(self, drafter: Drafter) -> int:
         """The drafter's default budget, sized for this machine where the target asks for it
-        (`sizes_drafts`: the native CPU runtime, whose pass costs differ by CPU; budget.sized_default)."""
+        (`sizes_drafts`: the native CPU runtime, whose pass costs differ by CPU; budget.sized_default),
+        except for a drafter whose own rule sizes each draft (a draft model's)."""
         default = drafter.default_budget
-        if default <= 1 or not getattr(self.target, "sizes_drafts", False):
+        if default <= 1 or drafter.sizes_own_drafts or not getattr(self.target, "sizes_drafts", False):
             return default
         return sized_default(self.pass_costs(DEFAULT_SIZES), default)
 

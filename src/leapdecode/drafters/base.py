@@ -106,11 +106,13 @@ class Drafter:
     """Base class: subclasses override `propose`, and `reset`/`observe` when they keep state.
 
     `name` is the method name used on the command line and in the bench; `default_budget`
-    the draft size used when a request names none.
+    the draft size used when a request names none (sized to the machine by the engine, unless
+    `sizes_own_drafts`: a drafter that decides each draft's length itself, as a draft model does).
     """
 
     name: str = "drafter"
     default_budget: int = 16  # draft nodes per step when the request does not say
+    sizes_own_drafts: bool = False
 
     def configure(self, sampling: Any, target: TargetInfo | None = None) -> None:
         """Called once per request before `reset`, with the request's SamplingParams and the

@@ -152,6 +152,8 @@ class CrossTokenizerDrafter(Drafter):
         self.draft_eos = frozenset(draft_eos) | _turn_end_ids(draft_tokenizer)
         self.reset([])
 
+    sizes_own_drafts = True  # its length rule stops each draft; the default is only its cap
+
     @property
     def default_budget(self) -> int:
         return self.length.max_length

@@ -133,6 +133,8 @@ class DraftModelDrafter(Drafter):
         if model is not None and self.model_name is None:
             self._bind(model)
 
+    sizes_own_drafts = True  # its length rule stops each draft; the default is only its cap
+
     @property
     def default_budget(self) -> int:
         return self.length.max_length * self.tree_width
