@@ -374,6 +374,8 @@ class Stream:
         self.deltas = True
         if config.budget == "auto":
             engine.pass_costs()  # measured (once) before the clock starts
+        elif config.budget is None:
+            engine.default_budget(drafter)  # likewise the costs that size the default (once)
 
     def record_steps(self) -> "Stream":
         """Record each step in `.steps` while decoding (call before iterating). A stop rule may
