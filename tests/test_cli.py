@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+import leapdecode
+import leapdecode.models.registry
 from leapdecode.cli import main, parse_options
 
 CLI = [sys.executable, "-m", "leapdecode.cli"]
@@ -39,29 +41,60 @@ def test_generate_json_matches_api(engine, reference):
         (["generate", "--budget", "0", "hi"], "budget"),
         (["generate", "--opt", "nokey", "hi"], "KEY=VALUE"),
         (["generate", "--draft-model", "qwen2.5-coder-0.5b", "hi"], "--draft-model goes with --method draft-model"),
-        (["generate", "--method", "draft-model", "--draft-model", "nope", "hi"], "unknown model 'nope'"),
-        (["generate", "--method", "draft-model", "hi"], "--draft-model NAME"),
         (["generate", "--mode", "beam", "--num-beams", "0", "hi"], "num_beams"),
         (["generate", "--mode", "diverse-beam", "--num-beams", "4", "--beam-groups", "3", "hi"], "divide"),
         (["generate", "--mode", "beam", "--num-beams", "2", "-n", "3", "hi"], "num_return_sequences"),
         (["generate", "--mode", "diverse-beam", "--diversity", "-1", "hi"], "diversity"),
         (["generate", "--mode", "beam", "--method", "foo", "--top-k", "-3", "hi"], "apply to --mode speculative"),
+    ],
+)
+def test_bad_input_exit_2_before_a_model_loads(args, message, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(leapdecode, "load", refuse)
+    monkeypatch.setattr(leapdecode.models.registry, "load_model", refuse)
+    assert_refused(args, message, capsys)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [  # refused while the target or the draft model is being resolved
+        (["generate", "--method", "draft-model", "--draft-model", "nope", "hi"], "unknown model 'nope'"),
+        (["generate", "--method", "draft-model", "hi"], "--draft-model NAME"),
         (["generate", "--backend", "llamacpp", "--dtype", "bfloat16", "hi"], "drop --dtype"),
     ],
 )
-def test_bad_input_exit_2_without_traceback(args, message):
-    done = run(*args)
-    assert done.returncode == 2
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+def test_bad_input_exit_2_while_loading(args, message, capsys):
+    assert_refused(args, message, capsys)
+
+
+def assert_refused(args, message, capsys):
+    """main(args) in this process: exit code 2 and `message` in one line on stderr."""
+    try:
+        code = main(args)
+    except SystemExit as done:  # argparse's own refusals
+        code = done.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_input_through_the_real_entry_point_is_one_line_without_traceback():
+    for args, message in [(["generate", "--model", "no-such-model", "hi"], "unknown model"),
+                          (["generate", "--max-new-tokens", "-3", "hi"], "max_new_tokens")]:
+        done = run(*args)
+        assert done.returncode == 2
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
-def test_cuda_without_a_gpu():
-    done = run("generate", "--device", "cuda", "hi")
-    assert done.returncode == 2 and "needs an NVIDIA GPU" in done.stderr and "--device cpu" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+def test_cuda_without_a_gpu(capsys):
+    assert_refused(["generate", "--device", "cuda", "hi"], "needs an NVIDIA GPU", capsys)
+    assert_refused(["generate", "--device", "cuda", "hi"], "--device cpu", capsys)
 
 
 def test_beam_mode_json(engine):

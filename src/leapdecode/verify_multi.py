@@ -28,25 +28,24 @@ import torch
 def sample_without_replacement(
     q: torch.Tensor, k: int, generator: torch.Generator | None = None
 ) -> tuple[list[int], torch.Tensor]:
-    """Draw up to k distinct tokens from q [vocab], one after the other.
+    """Draw up to k distinct tokens from q [vocab], one after the other in law.
 
     Returns (tokens, rows): rows[i] [vocab] is the law tokens[i] was drawn from (q without the
     earlier draws, renormalised), the `draft_probs` rows `verify.sample` needs. Fewer than k
     tokens come back when q has fewer than k tokens of positive probability.
+
+    One draw for all k: token t gets the key E_t / q_t with E_t ~ Exp(1) independent, and the
+    tokens come in increasing key order. The smallest key falls on t with probability q_t / sum(q)
+    (a race of exponential clocks of rates q_t), and by memorylessness the rest race again among the
+    tokens left: the order is that of drawing one by one without replacement.
     """
-    tokens: list[int] = []
-    rows: list[torch.Tensor] = []
     law = q.float()
-    for _ in range(k):
-        total = law.sum()
-        if total <= 0:
-            break
-        law = law / total
-        token = int(torch.multinomial(law, 1, generator=generator))
-        tokens.append(token)
-        rows.append(law)
-        law = law.clone()
-        law[token] = 0.0
-    if not rows:
-        return tokens, q.new_zeros(0, q.shape[-1])
-    return tokens, torch.stack(rows)  # rows: [len(tokens), vocab]
+    k = min(k, int((law > 0).sum()))
+    if k <= 0:
+        return [], q.new_zeros(0, q.shape[-1])
+    keys = torch.empty_like(law).exponential_(generator=generator) / law  # q_t = 0: key inf
+    tokens = torch.topk(keys, k, largest=False).indices.tolist()
+    rows = law.expand(k, -1).clone()
+    for i, token in enumerate(tokens[:-1]):
+        rows[i + 1:, token] = 0.0  # later draws' laws lose the earlier tokens
+    return tokens, rows / rows.sum(-1, keepdim=True)  # rows: [k, vocab]

@@ -51,9 +51,9 @@ def test_flags_that_do_not_apply(argv, message):
     (["--mode", "beam", "--num-beams", "2", "-n", "3"], "cannot exceed"),
     (["--mode", "diverse-beam", "--diversity", "-1"], ">= 0"),
 ])
-def test_bad_input_is_a_value_error(engine, argv, message):
+def test_bad_numbers_are_refused_before_a_model_is_needed(argv, message):
     with pytest.raises(ValueError, match=message):
-        run_mode(parse("hi", "--max-new-tokens", "4", *argv), engine)
+        mode_options(parse("hi", "--max-new-tokens", "4", *argv))
 
 
 def test_json_object(engine, capsys):

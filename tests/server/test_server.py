@@ -237,7 +237,7 @@ BAD = [
     ("completions", {"prompt": "Hi", "logprobs": 6}, 400, "logprobs"),
     ("chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "logprobs": True,
                           "top_logprobs": 21}, 400, "top_logprobs"),
-    ("completions", {"prompt": ["Hi", [1] * 9000]}, 400, "prompt"),  # one prompt of the batch too long
+    ("completions", {"prompt": ["Hi", [1] * 9000], "max_tokens": 2}, 400, "prompt"),  # one prompt too long
     ("completions", {"prompt": [1] * 9000}, 400, "prompt"),  # longer than the context window
     ("completions", {"prompt": [1] * 9000, "stream": True}, 400, "prompt"),  # refused before any event
     ("completions", {"prompt": "Hi " * 9000}, 400, "prompt"),

@@ -28,32 +28,34 @@ from .sample import SampleConfig, sample_k
 from .superposed import SuperposedConfig, superposed_decode
 
 
-def _beam(engine: Any, ids: list[int], **options: Any) -> list[Output]:
-    return beam_search(engine, ids, _config(BeamConfig, "beam", options))
+def _beam_config(options: dict[str, Any]) -> BeamConfig:
+    return _config(BeamConfig, "beam", options)
 
 
-def _diverse(engine: Any, ids: list[int], **options: Any) -> list[Output]:
-    return diverse_beam_search(engine, ids, _config(DiverseBeamConfig, "diverse-beam", options))
+def _diverse_config(options: dict[str, Any]) -> DiverseBeamConfig:
+    return _config(DiverseBeamConfig, "diverse-beam", options)
 
 
-def _superposed(engine: Any, ids: list[int], corpus: Sequence[Sequence[int]] = (), **options: Any) -> list[Output]:
-    if "num_beams" in options:
-        options["num_drafts"] = options.pop("num_beams")
-    return superposed_decode(engine, ids, _config(SuperposedConfig, "superposed", options), corpus)
+def _superposed_config(options: dict[str, Any]) -> SuperposedConfig:
+    options = {("num_drafts" if k == "num_beams" else k): v for k, v in options.items() if k != "corpus"}
+    return _config(SuperposedConfig, "superposed", options)
 
 
-def _sample(engine: Any, ids: list[int], **options: Any) -> list[Output]:
+def _sample_config(options: dict[str, Any]) -> SampleConfig:
+    options = dict(options)
     k = options.pop("num_beams", None)
     n = options.pop("num_return_sequences", None)
     options["num_samples"] = n or k or SampleConfig.num_samples
-    return sample_k(engine, ids, _config(SampleConfig, "sample", options))
+    return _config(SampleConfig, "sample", options)
 
 
-MODES: dict[str, Callable[..., list[Output]]] = {
-    "beam": _beam,
-    "diverse-beam": _diverse,
-    "superposed": _superposed,
-    "sample": _sample,
+# mode -> (its config from decode()'s options, the decoder given the engine, prompt ids, config, options)
+MODES: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[..., list[Output]]]] = {
+    "beam": (_beam_config, lambda engine, ids, config, options: beam_search(engine, ids, config)),
+    "diverse-beam": (_diverse_config, lambda engine, ids, config, options: diverse_beam_search(engine, ids, config)),
+    "superposed": (_superposed_config, lambda engine, ids, config, options:
+                   superposed_decode(engine, ids, config, options.get("corpus", ()))),
+    "sample": (_sample_config, lambda engine, ids, config, options: sample_k(engine, ids, config)),
 }
 
 
@@ -65,13 +67,20 @@ def _config(cls: type, mode: str, options: dict[str, Any]) -> Any:
     return cls(**options)
 
 
+def check_options(mode: str, **options: Any) -> Any:
+    """The config decode(engine, prompt, mode, **options) would use; raises its ValueError for a bad
+    mode or option without needing a model."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    return MODES[mode][0](options)
+
+
 def decode(engine: Any, prompt: str | Sequence[int] | Sequence[dict], mode: str = "beam",
            chat: bool = True, **options: Any) -> list[Output]:
     """Decode `prompt` with a multi-output mode; returns Outputs best first."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
-    return MODES[mode](engine, engine.encode(prompt, chat), **options)
+    config = check_options(mode, **options)
+    return MODES[mode][1](engine, engine.encode(prompt, chat), config, options)
 
 
-__all__ = ["BeamConfig", "DiverseBeamConfig", "MODES", "Output", "SampleConfig", "SuperposedConfig",
-           "beam_search", "decode", "diverse_beam_search", "sample_k", "superposed_decode"]
+__all__ = ["BeamConfig", "DiverseBeamConfig", "MODES", "Output", "SampleConfig", "SuperposedConfig", "beam_search",
+           "check_options", "decode", "diverse_beam_search", "sample_k", "superposed_decode"]

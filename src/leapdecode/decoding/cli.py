@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from . import decode
+from . import check_options, decode
 
 MODES = ("speculative", "beam", "diverse-beam", "superposed")
 EARLY_STOPPING = {"false": False, "true": True, "never": "never"}
@@ -85,6 +85,7 @@ def mode_options(args: argparse.Namespace) -> dict[str, Any]:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} applies to --mode {' or '.join(ONLY_FOR[name])}, not {mode}")
         options["alpha" if name == "ngram_alpha" else name] = value
+    check_options(mode, **options)  # the numbers too, before any model loads
     return options
 
 

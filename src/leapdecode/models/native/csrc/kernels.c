@@ -340,10 +340,12 @@ LINEAR(linear_i8, I8)
 /* ---- W8A8: int8 weights times int8 activations, integer dot products ----------------------------
  * Each row of x is quantized on its own (symmetric, scale max|x| / 127, round to nearest even). With
  * VNNI it is stored as u8 = q + 128 and a dot product is sum((q + 128) * w) - 128 * sum(w) (vpdpbusd
- * multiplies unsigned by signed bytes); without, as 16-bit q, each quad's (q0, q2, q1, q3), ready for
- * 16-bit multiply-adds against the weights' even and odd bytes. Either way a dot product is exact
- * integer arithmetic, in any order, so a row's result depends on nothing but the row and is the same
- * on every CPU. Then float(dot) * sx * sw (+ bias). */
+ * multiplies unsigned by signed bytes); without, each quad of q followed by its absolute values, ready
+ * for vpmaddubsw (|q| unsigned times w with q's sign, signed): |q0 w0 + q1 w1| <= 2 * 127 * 127 never
+ * saturates its 16-bit pair sums (weights are -127..127, so flipping a sign is exact), then vpmaddwd
+ * by ones widens them to 32 bits. Either way a dot product is exact integer arithmetic, in any order,
+ * so a row's result depends on nothing but the row and is the same on every CPU. Then
+ * float(dot) * sx * sw (+ bias). */
 static uint8_t *g_xq;
 static float *g_sx;
 static long g_xq_cap, g_sx_cap;
@@ -360,14 +362,14 @@ static int grow(void **p, long *cap, long need, size_t size) {
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#define Q8_X16 0 /* W8A8's activations: u8 = q + 128 */
+#define Q8_ABS 0 /* W8A8's activations: u8 = q + 128 */
 #else
-#define Q8_X16 1 /* W8A8's activations: 16-bit q, each quad as (q0, q2, q1, q3) */
+#define Q8_ABS 1 /* W8A8's activations: each quad of q, then its |q| (8 bytes a quad) */
 #endif
 
-/* bytes of a quantized row for weights in format fmt (Q8: `in` bytes or 16-bit words; Q4: padded to
+/* bytes of a quantized row for weights in format fmt (Q8: `in` bytes, or 2 * `in` with |q|; Q4: padded to
  * its groups of 32) */
-static inline int quant_stride(int fmt, int in) { return fmt == Q8 ? in << Q8_X16 : (in + 31) / 32 * 32; }
+static inline int quant_stride(int fmt, int in) { return fmt == Q8 ? in << Q8_ABS : (in + 31) / 32 * 32; }
 
 /* room for n quantized rows of `in` activations for weights in format fmt (Q4: and their sums) */
 static int quant_alloc(int fmt, int n, int in) {
@@ -376,12 +378,12 @@ static int quant_alloc(int fmt, int n, int in) {
            (fmt == Q4 && grow((void **)&g_xs, &g_xs_cap, (long)n * (stride / 32), sizeof(int32_t)));
 }
 
-/* Row xr [in] -> g_xq + r * stride: q (Q8, W8A8, stores q + 128 in unsigned bytes, or 16-bit q
- * (Q8_X16); Q4, W4A8, q itself in signed bytes) then zeros up to stride; g_sx[r] its scale; for Q4,
- * g_xs the sums of q over each group of 32. Rows are independent: threads may quantize different rows
- * at once. */
+/* Row xr [in] -> g_xq + r * stride: q (Q8, W8A8, stores q + 128 in unsigned bytes, or each quad of
+ * q then its |q| (Q8_ABS); Q4, W4A8, q itself in signed bytes) then zeros up to stride; g_sx[r] its
+ * scale; for Q4, g_xs the sums of q over each group of 32. Rows are independent: threads may
+ * quantize different rows at once. */
 static void quantize_row(int fmt, const float *xr, int r, int in) {
-    const int stride = quant_stride(fmt, in), offset = fmt == Q8 && !Q8_X16 ? 128 : 0, sums = fmt == Q4;
+    const int stride = quant_stride(fmt, in), offset = fmt == Q8 && !Q8_ABS ? 128 : 0, sums = fmt == Q4;
     const __m256 sign = _mm256_set1_ps(-0.0f); /* in % 8 == 0 (the native linear's rule) */
     __m256 m = _mm256_setzero_ps();
     int k = 0;
@@ -400,7 +402,7 @@ static void quantize_row(int fmt, const float *xr, int r, int in) {
     const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), off = _mm256_set1_epi32(offset);
     k = 0;
 #if defined(__AVX512F__) /* clamped to -127..127 (+ offset), so the truncating pack to bytes is exact */
-    for (; k + 16 <= in && !(fmt == Q8 && Q8_X16); k += 16) {
+    for (; k + 16 <= in && !(fmt == Q8 && Q8_ABS); k += 16) {
         __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), _mm512_set1_ps(inv[0])));
         v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127)),
                              _mm512_set1_epi32(offset));
@@ -411,15 +413,15 @@ static void quantize_row(int fmt, const float *xr, int r, int in) {
         __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), inv));
         v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi), off);
         __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        if (fmt == Q8 && Q8_X16) { /* two quads of 16-bit q, each as (q0, q2, q1, q3) */
-            const __m128i order = _mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
-            _mm_storeu_si128((__m128i *)(q + 2 * k), _mm_shuffle_epi8(p16, order));
+        if (fmt == Q8 && Q8_ABS) { /* two quads of q, each followed by its |q| */
+            const __m128i q8 = _mm_packs_epi16(p16, p16);
+            _mm_storeu_si128((__m128i *)(q + 2 * k), _mm_unpacklo_epi32(q8, _mm_abs_epi8(q8)));
             continue;
         }
         /* q + 128 fits unsigned bytes, q signed ones */
         _mm_storel_epi64((__m128i *)(q + k), offset ? _mm_packus_epi16(p16, p16) : _mm_packs_epi16(p16, p16));
     }
-    if (stride > in << (fmt == Q8 && Q8_X16)) memset(q + in, offset, stride - in);
+    if (stride > in << (fmt == Q8 && Q8_ABS)) memset(q + in, offset, stride - in);
     if (sums)
         for (int g = 0; g < stride / 32; g++) {
             int32_t s = 0;
@@ -448,26 +450,25 @@ typedef __m512i qacc, qw, qx;
 static inline __attribute__((always_inline)) qw qw_load(const int8_t *p) { return _mm512_loadu_si512(p); }
 static inline __attribute__((always_inline)) qx qx_bcast(const uint8_t *p) { return bcast4_512(p); }
 static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) { return _mm512_dpbusd_epi32(a, x, w); }
-#else /* 16-bit multiply-adds: the even bytes of each weight quad against (q0, q2), then the odd */
+#else /* vpmaddubsw of |q| against the weights with q's signs, then vpmaddwd by ones */
 #define QH 2
-#define QROWS 4 /* 4 rows x 2 vectors: 8 accumulators, 4 weight and 2 activation registers of 16 */
-typedef __m256i qacc;
-typedef struct { __m256i e, o; } qw, qx;
+#define QROWS 4 /* 4 rows x 2 vectors: 8 accumulators, 2 weight and 2 activation registers of 16 */
+typedef __m256i qacc, qw;
+typedef struct { __m256i q, a; } qx;
 #define qzero _mm256_setzero_si256
 static inline __attribute__((always_inline)) qw qw_load(const int8_t *p) {
-    __m256i v = _mm256_loadu_si256((const __m256i *)p);
-    return (qw){_mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8), _mm256_srai_epi16(v, 8)};
+    return _mm256_loadu_si256((const __m256i *)p);
 }
-/* a quad of 16-bit activations (q0, q2, q1, q3): two broadcasts from memory, no arithmetic */
+/* a quad of activations and its absolute values: two broadcasts from memory, no arithmetic */
 static inline __attribute__((always_inline)) qx qx_bcast(const uint8_t *p) {
     return (qx){bcast4_256(p), bcast4_256(p + 4)};
 }
 static inline __attribute__((always_inline)) qacc qmac(qacc a, qx x, qw w) {
-    /* |x0 w0 + x2 w2| <= 2 * 127 * 127: no 16-bit pair sum overflows int32 */
-    return _mm256_add_epi32(a, _mm256_add_epi32(_mm256_madd_epi16(x.e, w.e), _mm256_madd_epi16(x.o, w.o)));
+    const __m256i pairs = _mm256_maddubs_epi16(x.a, _mm256_sign_epi8(w, x.q)); /* exact: see above */
+    return _mm256_add_epi32(a, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 #endif
-#define QX(x, r, in, k) ((x) + (((long)(r) * (in) + (k)) << Q8_X16)) /* row r's activation k of Q8's */
+#define QX(x, r, in, k) ((x) + (((long)(r) * (in) + (k)) << Q8_ABS)) /* row r's activation k of Q8's */
 #define QV (16 / QH) /* outputs per vector */
 #define QAHEAD 2     /* panels the groups of rows fetch ahead */
 
@@ -483,7 +484,7 @@ typedef struct {
 } QArgs;
 
 /* y = float(dot - 128 * wsum) * sx * sw (+ b) for the QV outputs o.. of row r (the u8 offset of
- * the activations taken back out; none with Q8_X16); only the real outputs are stored */
+ * the activations taken back out; none with Q8_ABS); only the real outputs are stored */
 static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc acc, int r, int o) {
     const float sx = g_sx[r];
     float *y = a->y + (long)r * a->out + o;
@@ -495,7 +496,7 @@ static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc a
         _mm512_storeu_ps(y, f);
 #else
         const __m256i wsum = _mm256_loadu_si256((const __m256i *)(a->wsum + o));
-        const __m256i d = Q8_X16 ? acc : _mm256_sub_epi32(acc, _mm256_slli_epi32(wsum, 7));
+        const __m256i d = Q8_ABS ? acc : _mm256_sub_epi32(acc, _mm256_slli_epi32(wsum, 7));
         __m256 f = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sx)), _mm256_loadu_ps(a->s + o));
         if (a->b) f = _mm256_add_ps(f, _mm256_loadu_ps(a->b + o));
         _mm256_storeu_ps(y, f);
@@ -505,7 +506,7 @@ static inline __attribute__((always_inline)) void qfinish(const QArgs *a, qacc a
     int32_t dot[QV];
     memcpy(dot, &acc, sizeof acc);
     for (int u = 0; u < a->out - o; u++) {
-        float f = (float)(dot[u] - (Q8_X16 ? 0 : a->wsum[o + u] << 7)) * sx * a->s[o + u];
+        float f = (float)(dot[u] - (Q8_ABS ? 0 : a->wsum[o + u] << 7)) * sx * a->s[o + u];
         y[u] = a->b ? f + a->b[o + u] : f;
     }
 }
