@@ -63,3 +63,10 @@ def reference(engine):
         return cache[key]
 
     return ref
+
+
+def give_pass_costs(engine, monkeypatch):
+    """Pass costs for `--budget auto`, given rather than measured (a minute on a slow CPU;
+    tests/test_budget.py measures them): flat up to 8 inputs, then rising."""
+    key = f"{engine.name}|{engine.target.cache_key}"
+    monkeypatch.setitem(engine._pass_costs, key, {k: 0.05 * max(1.0, k / 8) for k in range(1, 130)})

@@ -7,7 +7,7 @@ from leapdecode import GenerationConfig
 from leapdecode.drafters import DRAFTERS, Drafter
 from leapdecode.drafters.retrieval import build_store
 
-from .conftest import pick_prompts
+from .conftest import give_pass_costs, pick_prompts
 
 N = 32
 DRAFTERS_HERE = ["prompt-lookup", "suffix", "ngram-adaptive", "token-recycling", "lookahead", "retrieval", "auto"]
@@ -74,11 +74,8 @@ def native():
 @pytest.mark.parametrize("budget", [1, 3, "auto"])
 @pytest.mark.parametrize("method", ["token-recycling", "auto", "lookahead"])
 def test_identical_at_other_budgets(native, prompts, method, budget, monkeypatch):
-    # `--budget auto` chooses from measured pass costs; measuring them takes a minute on a slow CPU
-    # (tests/test_budget.py covers it), so these costs are given: flat up to 8 inputs, then rising
     engine, none = native
-    key = f"{engine.name}|{engine.target.cache_key}"
-    monkeypatch.setitem(engine._pass_costs, key, {k: 0.05 * max(1.0, k / 8) for k in range(1, 130)})
+    give_pass_costs(engine, monkeypatch)
     prompt = prompts[1]
     out = engine.generate(prompt, GenerationConfig(max_new_tokens=N, budget=budget), method)
     assert out.token_ids == none(prompt)

@@ -14,6 +14,8 @@ from leapdecode.drafters import EMPTY_DRAFT, Drafter
 from leapdecode.heads.model import HeadFile
 from leapdecode.heads.train import train
 
+from ..conftest import give_pass_costs
+
 TINY = dict(prompts=6, passages=2, max_new_tokens=12, gen_batch=8, steps=4, batch=4, max_len=64, vocab=512,
             quiet=True)
 PROMPTS = ["Write a short story about a dragon.", "Explain how rain forms, briefly.",
@@ -48,9 +50,7 @@ def test_train_head_writes_a_loadable_head_and_its_curve(heads):
 
 @pytest.mark.parametrize("kind,budget", [("eagle", None), ("eagle", "auto"), ("medusa", 3)])
 def test_head_drafts_keep_greedy_output_bitwise(native, heads, kind, budget, monkeypatch):
-    # pass costs given (flat up to 8 inputs, then rising), not measured: tests/test_budget.py does that
-    key = f"{native.name}|{native.target.cache_key}"
-    monkeypatch.setitem(native._pass_costs, key, {k: 0.05 * max(1.0, k / 8) for k in range(1, 130)})
+    give_pass_costs(native, monkeypatch)
     config = GenerationConfig(max_new_tokens=32, budget=budget)
     drafted = 0
     for prompt in PROMPTS[::2]:
