@@ -16,6 +16,18 @@ def engine():
     return leapdecode.load("smollm2-135m", dtype="float32")
 
 
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fails the test if a model loads (for input that must be refused before any does)."""
+    import leapdecode.models.registry
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(leapdecode, "load", refuse)
+    monkeypatch.setattr(leapdecode.models.registry, "load_model", refuse)
+
+
 @pytest.fixture(scope="session")
 def dev_questions():
     path = resources.files("leapdecode.bench") / "data" / "specbench_dev.jsonl"

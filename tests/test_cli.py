@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-import leapdecode
-import leapdecode.models.registry
 from leapdecode.cli import main, parse_options
 
 CLI = [sys.executable, "-m", "leapdecode.cli"]
@@ -48,12 +46,7 @@ def test_generate_json_matches_api(engine, reference):
         (["generate", "--mode", "beam", "--method", "foo", "--top-k", "-3", "hi"], "apply to --mode speculative"),
     ],
 )
-def test_bad_input_exit_2_before_a_model_loads(args, message, capsys, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(leapdecode, "load", refuse)
-    monkeypatch.setattr(leapdecode.models.registry, "load_model", refuse)
+def test_bad_input_exit_2_before_a_model_loads(args, message, capsys, no_model_loads):
     assert_refused(args, message, capsys)
 
 

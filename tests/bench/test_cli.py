@@ -8,21 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import leapdecode
-import leapdecode.models.registry
 from leapdecode.bench import runners
 from leapdecode.cli import main
 
 LEAPDECODE = Path(sys.executable).parent / "leapdecode"
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(leapdecode, "load", refuse)
-    monkeypatch.setattr(leapdecode.models.registry, "load_model", refuse)
 
 
 @pytest.fixture
